@@ -162,6 +162,8 @@ def _read_sidecar(audio_path):
             found = json.load(f)
     except (OSError, ValueError) as e:
         raise AudioError(f"{path}: bad metadata sidecar ({e}); fix it or delete it") from None
+    if not isinstance(found, dict):
+        raise AudioError(f'{path}: a sidecar holds one JSON object {{"artist": ..., "genre": ..., "lyrics": ...}}; fix it')
     for key in meta:
         if key in found:
             if not isinstance(found[key], str):
@@ -197,7 +199,7 @@ def scan_folder(root, index_path=None):
             rel = os.path.relpath(path, root)
             stamp = [_stamp(path), _stamp(os.path.splitext(path)[0] + ".json")]
             entry = cached.get(rel)
-            if entry is None or entry["stamp"] != stamp:
+            if not isinstance(entry, dict) or entry.get("stamp") != stamp:
                 entry, changed = {"stamp": stamp}, True
                 try:
                     info = sf.info(path)
@@ -273,26 +275,26 @@ class AudioDataset(torch.utils.data.Dataset):
 # ---- 3. Labels: artist and genre ids, lyric tokens, lyric window --------------------------------------------
 
 IDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ids")
-LABEL_VERSIONS = ("v2", "v3")  # v2: 5b, 5b_lyrics, upsamplers; v3: 1b_lyrics
-MAX_GENRES = {"v2": 5, "v3": 1}  # genre ids in y (official max_bow_genre_size): v2 a bag of words, v3 one genre
+# Label versions are PriorConfig.label_version: 2 for 5b, 5b_lyrics and the upsamplers, 3 for 1b_lyrics.
+MAX_GENRES = {2: 5, 3: 1}  # genre ids in y (official max_bow_genre_size): v2 a bag of words, v3 one genre
 LYRIC_VOCAB = {  # id = position + 1; 0 is padding / unknown
-    "v2": string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-+'\"()[] \t\n",  # 79 chars
-    "v3": string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-'\"()[] \t\n",  # 78, no '+'
+    2: string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-+'\"()[] \t\n",  # 79 chars
+    3: string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-'\"()[] \t\n",  # 78, no '+'
 }
 
 
 def lyric_vocab_size(version):
-    """80 for v2, 79 for v3 (the characters plus the padding id 0)."""
+    """80 for version 2, 79 for version 3 (the characters plus the padding id 0)."""
     return len(LYRIC_VOCAB[version]) + 1
 
 
 @functools.lru_cache(maxsize=4)
 def load_ids(kind, version):
-    """{normalised name: id} from ids/{version}_{kind}_ids.txt, kind "artist" or "genre"."""
-    if version not in LABEL_VERSIONS or kind not in ("artist", "genre"):
-        raise ValueError(f"unknown id table {kind!r} {version!r}")
+    """{normalised name: id} from ids/v{version}_{kind}_ids.txt, kind "artist" or "genre", version 2 or 3."""
+    if version not in MAX_GENRES or kind not in ("artist", "genre"):
+        raise ValueError(f"no id table for kind {kind!r}, version {version!r} (kinds artist/genre, versions 2/3)")
     table = {}
-    with open(os.path.join(IDS_DIR, f"{version}_{kind}_ids.txt"), encoding="utf-8") as f:
+    with open(os.path.join(IDS_DIR, f"v{version}_{kind}_ids.txt"), encoding="utf-8") as f:
         for line in f:
             name, id_ = line.strip().rsplit(";", 1)
             table[name.lower()] = int(id_)  # jukebox: a name listed twice keeps its last id (v3 "speaker" -> 7896)
@@ -303,7 +305,7 @@ def normalize_name(name, version):
     """The table's spelling of a name. v2: lowercase, each run of characters outside a-z0-9 becomes one '_', no
     '_' at the ends ("Zac Brown Band" -> "zac_brown_band"); v3: lowercase only."""
     name = name.lower()
-    if version == "v3":
+    if version == 3:
         return name
     return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
 
@@ -313,6 +315,7 @@ def closest_names(name, kind, version, n=5):
     return difflib.get_close_matches(normalize_name(name, version), load_ids(kind, version), n=n, cutoff=0.5)
 
 
+@functools.lru_cache(maxsize=4096)  # warns once per name, and spares difflib's search on every training step
 def _lookup(name, kind, version):
     table = load_ids(kind, version)
     key = normalize_name(name, version)
@@ -320,7 +323,7 @@ def _lookup(name, kind, version):
         return table[key]
     close = closest_names(name, kind, version)
     hint = f"; closest known: {', '.join(close)}" if close else ""
-    warnings.warn(f"{kind} {name!r} ({key!r}) is not in ids/{version}_{kind}_ids.txt, using 0 (unknown){hint}")
+    warnings.warn(f"{kind} {name!r} ({key!r}) is not in ids/v{version}_{kind}_ids.txt, using 0 (unknown){hint}")
     return 0
 
 
@@ -335,12 +338,18 @@ def genre_ids(name, version):
     v2 treats a genre as a bag of words ("Country Rock" -> country, rock), v3 as one name ("country rock").
     Unknown words map to 0 with a warning; a v2 genre of more than 5 words keeps its first 5, with a warning.
     """
-    words = normalize_name(name, version).split("_") if version == "v2" else [name]
+    words = normalize_name(name, version).split("_") if version == 2 else [name]
     if len(words) > MAX_GENRES[version]:
         warnings.warn(f"genre {name!r} has more than {MAX_GENRES[version]} words; keeping {words[:MAX_GENRES[version]]}")
         words = words[:MAX_GENRES[version]]
     ids = [_lookup(word, "genre", version) for word in words]
     return ids + [-1] * (MAX_GENRES[version] - len(ids))
+
+
+def song_labels(artist, genre, lyrics, version):
+    """(artist id, genre ids padded with -1, every lyric token) of one song, for label version 2 or 3.
+    `lyric_window` then picks a music window's tokens, and prior.make_y assembles the label vector y."""
+    return artist_id(artist, version), genre_ids(genre, version), tokenize_lyrics(lyrics, version)
 
 
 # Characters NFKD cannot decompose to ASCII, spelled the way the unidecode package spells them.

@@ -8,53 +8,59 @@ import data
 
 def test_official_cross_check_values():
     """FACTS §8 (HF slow test, 1b_lyrics): "Zac Brown Band" / "Country" / " and " give 7169, 507, 76 27 40 30 76."""
-    assert data.artist_id("Zac Brown Band", "v3") == 7169
-    assert data.genre_ids("Country", "v3") == [507]
-    assert data.tokenize_lyrics(" and ", "v3") == [76, 27, 40, 30, 76]
+    assert data.artist_id("Zac Brown Band", 3) == 7169
+    assert data.genre_ids("Country", 3) == [507]
+    assert data.tokenize_lyrics(" and ", 3) == [76, 27, 40, 30, 76]
 
 
 def test_table_sizes_and_vocabularies():
-    assert len(data.load_ids("artist", "v2")) == 4111 and max(data.load_ids("artist", "v2").values()) == 4108
-    assert len(data.load_ids("genre", "v2")) == 120 and len(data.load_ids("genre", "v3")) == 604
-    assert data.lyric_vocab_size("v2") == 80 and data.lyric_vocab_size("v3") == 79
-    assert data.tokenize_lyrics(" +", "v2") == [77, 70] and data.tokenize_lyrics(" +", "v3") == [76]  # v3 has no '+'
+    assert len(data.load_ids("artist", 2)) == 4111 and max(data.load_ids("artist", 2).values()) == 4108
+    assert len(data.load_ids("genre", 2)) == 120 and len(data.load_ids("genre", 3)) == 604
+    assert data.lyric_vocab_size(2) == 80 and data.lyric_vocab_size(3) == 79
+    assert data.tokenize_lyrics(" +", 2) == [77, 70] and data.tokenize_lyrics(" +", 3) == [76]  # v3 has no '+'
 
 
 def test_v2_normalisation_and_bag_of_genres():
-    assert data.normalize_name("  Zac Brown-Band!! ", "v2") == "zac_brown_band"
-    assert data.artist_id("Zac Brown Band", "v2") == 1069
-    assert data.genre_ids("Country Rock", "v2") == [11, 8, -1, -1, -1]  # a bag of words, padded with -1
-    assert data.genre_ids("R&B", "v2") == [17, 18, -1, -1, -1]
-    assert data.genre_ids("country rock", "v3") == [546]  # v3: one name, lowercase only
+    assert data.normalize_name("  Zac Brown-Band!! ", 2) == "zac_brown_band"
+    assert data.artist_id("Zac Brown Band", 2) == 1069
+    assert data.genre_ids("Country Rock", 2) == [11, 8, -1, -1, -1]  # a bag of words, padded with -1
+    assert data.genre_ids("R&B", 2) == [17, 18, -1, -1, -1]
+    assert data.genre_ids("country rock", 3) == [546]  # v3: one name, lowercase only
     with pytest.warns(UserWarning, match="more than 5 words"):
-        assert data.genre_ids("hard rock pop soul jazz blues", "v2") == [7, 8, 14, 6, 9]
+        assert data.genre_ids("hard rock pop soul jazz blues", 2) == [7, 8, 14, 6, 9]
 
 
 def test_unknown_names_map_to_zero_and_suggest_close_ones():
     with pytest.warns(UserWarning, match="zac brown band"):
-        assert data.artist_id("Zac Brown Bnd", "v3") == 0
+        assert data.artist_id("Zac Brown Bnd", 3) == 0
     with pytest.warns(UserWarning, match="country"):
-        assert data.genre_ids("kountry", "v3") == [0]
+        assert data.genre_ids("kountry", 3) == [0]
     with pytest.warns(UserWarning, match="polka"):
-        assert data.genre_ids("rock polka", "v2") == [8, 0, -1, -1, -1]  # only the unknown word becomes 0
-    assert data.closest_names("alan jakson", "artist", "v3")[0] == "alan jackson"
+        assert data.genre_ids("rock polka", 2) == [8, 0, -1, -1, -1]  # only the unknown word becomes 0
+    assert data.closest_names("alan jakson", "artist", 3)[0] == "alan jackson"
+
+
+def test_song_labels_and_bad_versions():
+    assert data.song_labels("Zac Brown Band", "Country", " and ", 3) == (7169, [507], [76, 27, 40, 30, 76])
+    with pytest.raises(ValueError, match="version"):
+        data.artist_id("Zac Brown Band", "v3")
 
 
 def test_known_names_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        data.artist_id("Alan Jackson", "v2"), data.artist_id("alan jackson", "v3"), data.genre_ids("pop", "v3")
+        data.artist_id("Alan Jackson", 2), data.artist_id("alan jackson", 3), data.genre_ids("pop", 3)
         for genre in data.TOY_GENRES:  # the toy songs' genres exist in both tables
-            data.genre_ids(genre, "v2"), data.genre_ids(genre, "v3")
+            data.genre_ids(genre, 2), data.genre_ids(genre, 3)
 
 
 def test_lyrics_cleaning_to_ascii():
     text = "Café — naïve “quote”\\Straße\tüber ok+ 日本"  # unidecode would spell 日本; we drop it
-    assert data.clean_lyrics(text, "v2") == 'Cafe - naive "quote"\nStrasse\tuber ok+ '
-    assert data.clean_lyrics(text, "v3") == 'Cafe - naive "quote"\nStrasse\tuber ok '
-    tokens = data.tokenize_lyrics(text, "v3")
-    assert data.detokenize_lyrics(tokens, "v3") == data.clean_lyrics(text, "v3")
-    assert data.detokenize_lyrics([0, 0] + tokens, "v3") == data.clean_lyrics(text, "v3")  # padding is nothing
+    assert data.clean_lyrics(text, 2) == 'Cafe - naive "quote"\nStrasse\tuber ok+ '
+    assert data.clean_lyrics(text, 3) == 'Cafe - naive "quote"\nStrasse\tuber ok '
+    tokens = data.tokenize_lyrics(text, 3)
+    assert data.detokenize_lyrics(tokens, 3) == data.clean_lyrics(text, 3)
+    assert data.detokenize_lyrics([0, 0] + tokens, 3) == data.clean_lyrics(text, 3)  # padding is nothing
 
 
 def test_lyric_window_start_middle_end():
@@ -78,7 +84,7 @@ def test_lyric_window_pads_short_lyrics_on_the_left():
 
 def test_lyric_window_of_the_released_1b_lyrics_shape():
     """384 tokens over a 1b_lyrics window of 786432 samples in a 1058304-sample song (the FACTS §8 example)."""
-    tokens = data.tokenize_lyrics(" and " * 200, "v3")  # 1000 characters
+    tokens = data.tokenize_lyrics(" and " * 200, 3)  # 1000 characters
     window, indices = data.lyric_window(tokens, 384, total_length=1058304, offset=0, duration=786432)
     assert len(window) == 384 and indices[0] == 179  # centre int(1000 * 393216 / 1058304) = 371, minus 192
     assert window[:5] == [76, 76, 27, 40, 30] and window == tokens[179:563]
