@@ -1,7 +1,8 @@
 """Audio and labels in: files -> mono crops at the model's rate, and artist/genre/lyrics -> the ids Jukebox uses.
 
-Jukebox (arXiv:2005.00341) trains on ~9 s random crops of 44.1 kHz mono songs (§2, §5.1) and conditions its top
-prior on artist, genre and the lyric characters that fall near the crop (§3.3, §3.6 "lyrics alignment").
+Jukebox (arXiv:2005.00341) trains on random crops of 44.1 kHz mono songs (~9 s for the VQ-VAE, one context window
+for a prior) and conditions its top prior on artist, genre and the lyric characters that fall near the crop (§4,
+conditioning; the lyrics are assumed spread evenly over the song).
 
 Reading order:
   1. `load_audio` / `resample`: read any file libsndfile decodes (wav, flac, ogg, mp3, aiff), mix to mono and
@@ -40,8 +41,9 @@ class AudioError(Exception):
 
 # ---- 1. Reading and resampling ---------------------------------------------------------------------------------
 
-# Kaiser-windowed sinc: 32 zero crossings at the lower rate, pass band up to 94.5 % of the lower Nyquist, beta 9.5
-# (about 95 dB stop band). A tone above the new Nyquist comes out > 80 dB down instead of folding back.
+# Kaiser-windowed sinc: 32 zero crossings at the lower rate, cutoff at 94.5 % of the lower Nyquist, beta 9.5. Measured
+# at 48 -> 44.1 kHz: flat (< 0.1 dB) to 88 % of the new Nyquist (19.4 kHz); a tone just above the new Nyquist folds
+# back > 40 dB down, 3 % above it > 75 dB down, 4 % or more above it > 95 dB down.
 ZERO_CROSSINGS = 32
 ROLLOFF = 0.945
 KAISER_BETA = 9.5
@@ -88,12 +90,16 @@ def _resample_span(x, orig_sr, new_sr, first, count, x_start=0):
     up, down = _ratio(orig_sr, new_sr)
     offsets, kernels = _sinc_kernels(orig_sr, new_sr)
     out = np.zeros(count, dtype=np.float32)
+    if count == 0:
+        return out
+    lowest = first * down // up - x_start + offsets[0]  # first and last index into x that any tap reads
+    highest = (first + count - 1) * down // up - x_start + offsets[-1]
+    pad = max(0, -lowest)
+    padded = np.pad(x, (pad, max(0, highest + 1 - len(x))))  # zeros outside x
     for c in range(0, count, CHUNK):
         m = np.arange(first + c, first + min(c + CHUNK, count), dtype=np.int64)  # (n,) output indices
-        idx = (m * down // up - x_start)[:, None] + offsets  # (n, taps) indices into x
-        pad_left, pad_right = max(0, -idx.min()), max(0, idx.max() + 1 - len(x))
-        padded = np.pad(x, (pad_left, pad_right))
-        out[c:c + len(m)] = np.einsum("nt,nt->n", padded[idx + pad_left], kernels[m % up])  # (n, taps) -> (n,)
+        idx = (m * down // up - x_start + pad)[:, None] + offsets  # (n, taps) indices into padded
+        out[c:c + len(m)] = np.einsum("nt,nt->n", padded[idx], kernels[m % up])  # (n, taps) -> (n,)
     return out
 
 
@@ -399,11 +405,11 @@ def lyric_window(tokens, n_tokens, total_length, offset, duration):
         return [0] * pad + list(tokens), [-1] * pad + list(range(len(tokens)))
     if not 0 <= offset < total_length:
         raise ValueError(f"offset {offset} outside the song [0, {total_length})")
-    # The character at the window's centre in time, clamped so that the window stays inside the lyrics.
-    # jukebox: the centre is int() of a float and the window is [mid - n//2, mid + n//2), so an odd n gets n-1.
+    # The character at the window's centre in time (truncated, like the original), then the window around it,
+    # shifted to stay inside the lyrics: at the start of a song it is the first n_tokens, at the end the last.
     mid = int(len(tokens) * (offset + duration / 2.0) / total_length)
-    mid = min(max(mid, n_tokens // 2), len(tokens) - n_tokens // 2)
-    indices = list(range(mid - n_tokens // 2, mid + n_tokens // 2))
+    first = min(max(mid - n_tokens // 2, 0), len(tokens) - n_tokens)
+    indices = list(range(first, first + n_tokens))
     return [tokens[i] for i in indices], indices
 
 
