@@ -169,7 +169,7 @@ def _read_sidecar(audio_path):
     except (OSError, ValueError) as e:
         raise AudioError(f"{path}: bad metadata sidecar ({e}); fix it or delete it") from None
     if not isinstance(found, dict):
-        raise AudioError(f'{path}: a sidecar holds one JSON object {{"artist": ..., "genre": ..., "lyrics": ...}}; fix it')
+        raise AudioError(f'{path}: a sidecar is one JSON object {{"artist": .., "genre": .., "lyrics": ..}}; fix it')
     for key in meta:
         if key in found:
             if not isinstance(found[key], str):
@@ -186,7 +186,7 @@ def scan_folder(root, index_path=None):
     and are skipped with one warning naming them. The index is rewritten atomically when anything changed.
     """
     if not os.path.isdir(root):
-        raise AudioError(f"{root}: not a folder; pass a folder of audio files (or make one: python data.py --make-toy DIR)")
+        raise AudioError(f"{root}: not a folder; pass a folder of audio files (make one: python data.py --make-toy DIR)")
     index_path = index_path or os.path.join(root, INDEX_NAME)
     try:
         with open(index_path, encoding="utf-8") as f:
@@ -241,18 +241,25 @@ class AudioDataset(torch.utils.data.Dataset):
     (a uniform point on the concatenated timeline), then a uniform crop inside it. A song shorter than
     `sample_length` is returned whole at offset 0, zero-padded at the end. The index has no upper bound (training
     asks for step*global_batch + rank*local_batch + j, so any number of ranks sees the same crops); `len()` is the
-    number of non-overlapping crops the data holds, one "epoch".
+    number of non-overlapping crops the data holds, one "epoch". Songs shorter than min_seconds or at least
+    max_seconds long are left out (the original's min_duration / max_duration; a prior's timing embedding only
+    covers totals in that range).
 
     Returns dict(audio float32 tensor (sample_length, 1), offset int, total_length int (samples at sample_rate),
     artist str, genre str, lyrics str, path str).
     """
 
-    def __init__(self, root, sample_rate, sample_length, seed=0, index_path=None):
+    def __init__(self, root, sample_rate, sample_length, seed=0, min_seconds=0.0, max_seconds=math.inf,
+                 index_path=None):
         self.root, self.sample_rate, self.sample_length, self.seed = root, sample_rate, sample_length, seed
         files = scan_folder(root, index_path)
         if not files:
             raise AudioError(f"{root}: no readable audio ({', '.join(AUDIO_EXTENSIONS)}) found; "
                              "point at a folder of songs or make one with: python data.py --make-toy DIR")
+        files = {rel: e for rel, e in files.items() if min_seconds <= e["frames"] / e["sample_rate"] < max_seconds}
+        if not files:
+            raise AudioError(f"{root}: no song lasts between {min_seconds:g} and {max_seconds:g} s; "
+                             "add longer/shorter songs or use a model whose duration range fits them")
         self.paths = [os.path.join(root, rel) for rel in files]
         self.meta = [entry["meta"] for entry in files.values()]
         self.lengths = np.array([resampled_length(e["frames"], e["sample_rate"], sample_rate) for e in files.values()])
@@ -346,8 +353,8 @@ def genre_ids(name, version):
     """
     words = normalize_name(name, version).split("_") if version == 2 else [name]
     if len(words) > MAX_GENRES[version]:
-        warnings.warn(f"genre {name!r} has more than {MAX_GENRES[version]} words; keeping {words[:MAX_GENRES[version]]}")
         words = words[:MAX_GENRES[version]]
+        warnings.warn(f"genre {name!r} has more than {MAX_GENRES[version]} words; keeping {words}")
     ids = [_lookup(word, "genre", version) for word in words]
     return ids + [-1] * (MAX_GENRES[version] - len(ids))
 
@@ -417,7 +424,7 @@ def lyric_window(tokens, n_tokens, total_length, offset, duration):
 
 TOY_ARTISTS = ("The Paper Lanterns", "Mira Solen", "Velvet Ohms", "Juniper Rail", "Oskar and the Tidelines",
                "Northbound Choir", "Lena Marlowe", "Static Orchard")  # made up
-TOY_GENRES = ("pop", "rock", "jazz", "country", "blues", "folk", "electronic", "ambient", "funk", "disco")  # in v2 and v3
+TOY_GENRES = ("pop", "rock", "jazz", "country", "blues", "folk", "electronic", "ambient", "funk", "disco")  # v2 and v3
 TOY_WORDS = (
     ("I", "We", "You", "They", "Tonight we", "Together we"),
     ("follow", "remember", "carry", "chase", "hold on to", "sing about", "dream of", "wait for"),
@@ -430,7 +437,8 @@ SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "dor
 PROGRESSIONS = ((0, 4, 5, 3), (0, 5, 3, 4), (0, 3, 4, 4), (5, 3, 0, 4), (0, 0, 3, 4))  # scale degrees, one per bar
 TIMBRES = {  # harmonic amplitudes (fundamental first), attack s, decay time constant s
     "sine": ((1.0,), 0.01, 0.6), "organ": ((1.0, 0.5, 0.0, 0.25, 0.0, 0.12), 0.02, 3.0),
-    "square": ((1.0, 0.0, 0.33, 0.0, 0.2, 0.0, 0.14), 0.005, 0.5), "saw": (tuple(1 / k for k in range(1, 9)), 0.01, 0.4),
+    "square": ((1.0, 0.0, 0.33, 0.0, 0.2, 0.0, 0.14), 0.005, 0.5),
+    "saw": (tuple(1 / k for k in range(1, 9)), 0.01, 0.4),
     "pluck": ((1.0, 0.6, 0.4, 0.25, 0.15, 0.1), 0.002, 0.25),
 }
 
@@ -439,7 +447,8 @@ def _tone(freq, seconds, sample_rate, timbre):
     """One note: a sum of harmonics (none above Nyquist) under an attack / exponential-decay envelope."""
     harmonics, attack, decay = TIMBRES[timbre]
     t = np.arange(int(seconds * sample_rate)) / sample_rate
-    wave = sum(a * np.sin(2 * np.pi * k * freq * t) for k, a in enumerate(harmonics, 1) if a and k * freq < sample_rate / 2)
+    wave = sum(a * np.sin(2 * np.pi * k * freq * t)
+               for k, a in enumerate(harmonics, 1) if a and k * freq < sample_rate / 2)
     envelope = np.minimum(1.0, t / attack) * np.exp(-t / decay) * np.minimum(1.0, (t[-1] - t) / 0.005 + 1e-9)
     return wave * envelope / sum(harmonics)
 

@@ -12,7 +12,8 @@ import data
 
 
 def sine(freq, seconds, sample_rate, amplitude=0.5):
-    return (amplitude * np.sin(2 * np.pi * freq * np.arange(int(seconds * sample_rate)) / sample_rate)).astype(np.float32)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 def spectrum_db(x, sample_rate):
@@ -93,6 +94,15 @@ def test_short_songs_are_zero_padded(toy_folder):
     assert items, "short.wav is 1/41 of the audio; 200 draws should find it"
     assert items[0]["offset"] == 0 and items[0]["total_length"] == 1600
     assert items[0]["audio"][1600:].abs().max() == 0 and items[0]["audio"][:1600].abs().max() > 0.1
+
+
+def test_duration_bounds_leave_songs_out(toy_folder):
+    dataset = data.AudioDataset(toy_folder, 16000, 4000, min_seconds=1.0)
+    assert not any(path.endswith("short.wav") for path in dataset.paths) and len(dataset.paths) == 3
+    only_short = data.AudioDataset(toy_folder, 16000, 4000, max_seconds=1.0)
+    assert [os.path.basename(p) for p in only_short.paths] == ["short.wav"]
+    with pytest.raises(data.AudioError, match="between 100 and inf s"):
+        data.AudioDataset(toy_folder, 16000, 4000, min_seconds=100)
 
 
 def test_index_is_built_once(tmp_path, monkeypatch):
