@@ -186,7 +186,7 @@ def scan_folder(root, index_path=None):
     and are skipped with one warning naming them. The index is rewritten atomically when anything changed.
     """
     if not os.path.isdir(root):
-        raise AudioError(f"{root}: not a folder; pass a folder of audio files (make one: python data.py --make-toy DIR)")
+        raise AudioError(f"{root}: not a folder; pass a folder of audio files (or: python data.py --make-toy DIR)")
     index_path = index_path or os.path.join(root, INDEX_NAME)
     try:
         with open(index_path, encoding="utf-8") as f:
@@ -423,7 +423,7 @@ def lyric_window(tokens, n_tokens, total_length, offset, duration):
 # ---- 4. Toy music -----------------------------------------------------------------------------------------------
 
 TOY_ARTISTS = ("The Paper Lanterns", "Mira Solen", "Velvet Ohms", "Juniper Rail", "Oskar and the Tidelines",
-               "Northbound Choir", "Lena Marlowe", "Static Orchard")  # made up
+               "Northbound Choir", "Lena Marlowe", "Static Orchard")  # made up: in neither table, so artist id 0
 TOY_GENRES = ("pop", "rock", "jazz", "country", "blues", "folk", "electronic", "ambient", "funk", "disco")  # v2 and v3
 TOY_WORDS = (
     ("I", "We", "You", "They", "Tonight we", "Together we"),
@@ -479,8 +479,10 @@ def toy_song(seed, seconds, sample_rate):
     scale = SCALES[rng.choice(list(SCALES))]
     progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
     lead, pad = rng.choice(["sine", "square", "saw", "pluck"]), rng.choice(["organ", "sine", "saw"])
-    midi = lambda degree, octave=0: root + 12 * (octave + degree // 7) + scale[degree % 7]  # noqa: E731
-    hz = lambda note: 440.0 * 2 ** ((note - 69) / 12)  # noqa: E731
+
+    def hz(degree, octave):  # scale degree (may exceed 7) in an octave relative to the root -> frequency
+        note = root + 12 * (octave + degree // 7) + scale[degree % 7]  # midi note number
+        return 440.0 * 2 ** ((note - 69) / 12)
 
     n = int(seconds * sample_rate)
     track, beat = np.zeros(n), 60.0 / bpm
@@ -491,12 +493,12 @@ def toy_song(seed, seconds, sample_rate):
         at = int(b * beat * sample_rate)
         if b % 4 == 0:  # a held triad per bar, in the pad timbre
             for step in (0, 2, 4):
-                _add(track, 0.18 * _tone(hz(midi(chord + step, 1)), 4 * beat, sample_rate, pad), at)
-        _add(track, 0.35 * _tone(hz(midi(chord, -1)), beat, sample_rate, "pluck"), at)  # bass on every beat
+                _add(track, 0.18 * _tone(hz(chord + step, 1), 4 * beat, sample_rate, pad), at)
+        _add(track, 0.35 * _tone(hz(chord, -1), beat, sample_rate, "pluck"), at)  # bass on every beat
         for half in (0, 1):  # melody in eighth notes, sometimes resting
             degree = int(np.clip(degree + rng.choice((-2, -1, -1, 0, 1, 1, 2)), 3, 13))
             if rng.random() > 0.15:
-                _add(track, 0.3 * _tone(hz(midi(degree, 1)), beat / 2, sample_rate, lead),
+                _add(track, 0.3 * _tone(hz(degree, 1), beat / 2, sample_rate, lead),
                      at + int(half * beat / 2 * sample_rate))
         if genre != "ambient":  # drums: kick on 1 and 3 (every beat for disco/electronic), snare on 2 and 4, hats
             if b % 2 == 0 or genre in ("disco", "electronic"):
