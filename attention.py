@@ -81,6 +81,11 @@ def _sdpa(q, k, v, mask=None, causal=False):
     return a.transpose(1, 2)  # (N, H, L, D) -> (N, L, H, D)
 
 
+def _take(t, start, length):
+    """t[:, start:start+length], skipping a no-op slice (its backward would copy the whole gradient)."""
+    return t if start == 0 and length == t.shape[1] else t.narrow(1, start, length)
+
+
 class Attention(nn.Module):
     """One attention layer of a prior: projections, the attention of its `kind`, and a sampling cache.
 
@@ -186,12 +191,13 @@ class Attention(nn.Module):
         Rq, Rk = q.shape[1] // b, k.shape[1] // b
         rows = lambda t: t.reshape(-1, b, H, D)  # (B, R*b, H, D) -> (B*R, b, H, D)
         if self.kind == "row":
-            k, v = k[:, -Rq * b:], v[:, -Rq * b:]  # the queries' own rows
+            k, v = (_take(t, (Rk - Rq) * b, Rq * b) for t in (k, v))  # the queries' own rows
             a = _sdpa(rows(q), rows(k), rows(v), causal=True)  # (B*Rq, b, H, D), causal inside each row
         elif self.kind == "prev_row":
             # Shift the key rows down by one, so that query row r meets key row r-1; no mask.
             # jukebox: row 0 meets a zero-padded row, so its output is 0 and the layer gives only c_proj's bias
-            k, v = (F.pad(t[:, :-b], (0, 0, 0, 0, b, 0))[:, -Rq * b:] for t in (k, v))  # (B, Rq*b, H, D)
+            k, v = (F.pad(t[:, :-b], (0, 0, 0, 0, b, 0)) for t in (k, v))  # (B, Rk*b, H, D), shifted
+            k, v = (_take(t, (Rk - Rq) * b, Rq * b) for t in (k, v))  # (B, Rq*b, H, D)
             a = _sdpa(rows(q), rows(k), rows(v))  # (B*Rq, b, H, D)
         else:  # column: one sequence per column, with the rows as its time axis
             # (B, R*b, H, D) -> (B, R, b, H, D) -> (B, b, R, H, D) -> (B*b, R, H, D)
@@ -203,7 +209,7 @@ class Attention(nn.Module):
                 mask = torch.ones(Rq, Rk, dtype=torch.bool, device=q.device).tril(r0)  # (Rq, Rk): rows, not positions
                 a = _sdpa(cols(q), cols(k), cols(v), mask=mask)
             a = a.view(B, b, Rq, H, D).transpose(1, 2)  # (B*b, Rq, H, D) -> (B, Rq, b, H, D)
-        return a.reshape(B, Rq * b, H, D)[:, lead:lead + T]  # drop the padded queries: (B, T, H, D)
+        return _take(a.reshape(B, Rq * b, H, D), lead, T)  # drop the padded queries: (B, T, H, D)
 
     def _update_cache(self, k, v):
         """Append this chunk's keys/values (B, T, S) to the cache and return what this chunk attends to.
