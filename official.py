@@ -171,3 +171,97 @@ def read_checkpoint(path):
             detail = str(first_error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt? {detail[:160]}); "
                               f"download it again") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. The released hyperparameter sets, with the original's names (FACTS §2.1, §3.1; values are the
+#    original's registry entries resolved over its defaults, restricted to what shapes the models).
+# ----------------------------------------------------------------------------------------------------------
+
+VQVAE_HPARAMS = dict(
+    sr=44100,                        # sample rate (Hz)
+    levels=3, downs_t=(3, 2, 2), strides_t=(2, 2, 2),   # hop lengths 8, 32, 128
+    emb_width=64, l_bins=2048, l_mu=0.99,               # code dim, codebook size, codebook EMA decay
+    width=32, depth=4, m_conv=1.0, hvqvae_multipliers=(2, 1, 1),   # level L: width*mult[L], depth*mult[L]
+    dilation_growth_rate=3, dilation_cycle=None, vqvae_reverse_decoder_dilation=True,
+    commit=0.02, spectral=0.0, multispectral=1.0,
+    loss_fn="lmix", lmix_l1=0.0, lmix_l2=1.0, lmix_linf=0.02, linf_k=2048,
+    multispec_loss_n_fft=(2048, 1024, 512), multispec_loss_hop_length=(240, 120, 50),
+    multispec_loss_window_size=(1200, 600, 240),
+    revival_threshold=1.0, use_bottleneck=True,
+)
+
+# The original's defaults for every prior (its DEFAULTS "prior", "prior_attn_block", "cond_conv_block",
+# "prime_attn_block", ...), so each released set below is complete on its own.
+_PRIOR_DEFAULTS = dict(
+    sr=44100, l_bins=2048, levels=3, downs_t=(3, 2, 2), strides_t=(2, 2, 2),  # from the VQ-VAE
+    level=0, n_ctx=1024, prior_width=128, prior_depth=3, heads=1, attn_order=0, blocks=None, spread=None,
+    attn_dropout=0.0, resid_dropout=0.0, emb_dropout=0.0, zero_out=False, res_scale=False, pos_init=False,
+    init_scale=1.0, m_attn=0.25, m_mlp=1.0, c_res=0, c_attn=0, c_mlp=0,
+    labels=True, labels_v3=False, y_bins=0, t_bins=64, max_bow_genre_size=None,
+    min_duration=None, max_duration=None,
+    merged_decoder=False, single_enc_dec=False, copy_input=False,
+    cond_width=128, cond_depth=3, cond_m_conv=1.0, cond_zero_out=False, cond_res_scale=False,
+    cond_dilation_growth_rate=1, cond_dilation_cycle=None, cond_c_res=0,
+    use_tokens=False, n_tokens=0, n_vocab=0, prime_loss_fraction=0.1,
+    prime_width=128, prime_depth=3, prime_heads=1, prime_attn_order=0, prime_blocks=None, prime_spread=None,
+    prime_attn_dropout=0.0, prime_resid_dropout=0.0, prime_emb_dropout=0.0, prime_zero_out=False,
+    prime_res_scale=False, prime_pos_init=False, prime_init_scale=1.0, prime_m_attn=0.25, prime_m_mlp=1.0,
+    prime_c_res=0, prime_c_attn=0, prime_c_mlp=0,
+    fp16_params=False, alignment_layer=None, alignment_head=None,
+)
+_LABELS_V2 = dict(y_bins=(120, 4111), t_bins=128, max_bow_genre_size=5, n_vocab=80)
+_LABELS_V3 = dict(y_bins=(604, 7898), t_bins=64, max_bow_genre_size=1, n_vocab=79, labels_v3=True)
+_UPSAMPLER = dict(
+    n_ctx=8192, prior_width=1920, prior_depth=72, heads=1, attn_order=2, blocks=128, init_scale=0.4, c_res=1,
+    cond_width=1024, cond_depth=16, cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_c_res=1,
+    use_tokens=False, prime_loss_fraction=0.0, fp16_params=False,
+)
+
+HPARAMS = {
+    "vqvae": VQVAE_HPARAMS,
+    "upsampler_level_0": {**_PRIOR_DEFAULTS, **_LABELS_V2, **_UPSAMPLER, "level": 0},
+    "upsampler_level_1": {**_PRIOR_DEFAULTS, **_LABELS_V2, **_UPSAMPLER, "level": 1, "cond_res_scale": True},
+    "5b": {**_PRIOR_DEFAULTS, **_LABELS_V2,
+           "level": 2, "n_ctx": 8192, "prior_width": 4800, "prior_depth": 72, "heads": 8, "attn_order": 2,
+           "blocks": 128, "init_scale": 0.1, "c_res": 1, "min_duration": 60.0, "max_duration": 600.0,
+           "use_tokens": False, "n_tokens": 0, "prime_loss_fraction": 0.0, "merged_decoder": True,
+           "fp16_params": True},
+    "5b_lyrics": {**_PRIOR_DEFAULTS, **_LABELS_V2,
+                  "level": 2, "n_ctx": 8192, "prior_width": 4800, "prior_depth": 79, "heads": 8,
+                  "attn_order": 10, "blocks": 128, "init_scale": 0.1, "c_res": 1,
+                  "prime_width": 1280, "prime_depth": 18, "prime_heads": 4, "prime_attn_order": 2,
+                  "prime_blocks": 32, "prime_init_scale": 0.7, "prime_c_res": 1,
+                  "min_duration": 23.8, "max_duration": 600.0, "use_tokens": True, "n_tokens": 512,
+                  "prime_loss_fraction": 0.4, "merged_decoder": True, "fp16_params": True,
+                  "alignment_layer": 68, "alignment_head": 2},
+    "1b_lyrics": {**_PRIOR_DEFAULTS, **_LABELS_V3,
+                  "level": 2, "n_ctx": 6144, "prior_width": 2048, "prior_depth": 72, "heads": 2,
+                  "attn_order": 12, "blocks": 64, "init_scale": 0.2, "c_res": 1,
+                  "min_duration": 17.84, "max_duration": 600.0, "use_tokens": True, "n_tokens": 384,
+                  "prime_loss_fraction": 0.4, "single_enc_dec": True, "fp16_params": False,
+                  "alignment_layer": 63, "alignment_head": 0},
+}
+_ALIASES = {"prior_5b": "5b", "prior_5b_lyrics": "5b_lyrics", "prior_1b_lyrics": "1b_lyrics"}
+
+# Which files make up each released model, by level, as laid out under the download prefix (FACTS §6.1).
+REMOTE_PREFIX = "https://openaipublic.azureedge.net/jukebox/models/"
+MODELS = {
+    name: {"vqvae": ("5b/vqvae.pth.tar", "vqvae"),
+           0: ("5b/prior_level_0.pth.tar", "upsampler_level_0"),
+           1: ("5b/prior_level_1.pth.tar", "upsampler_level_1"),
+           2: (f"{name}/prior_level_2.pth.tar", name)}
+    for name in ("5b", "5b_lyrics", "1b_lyrics")
+}
+
+
+def hparams(name_or_hparams):
+    """A released set by name ('vqvae', 'upsampler_level_0', '5b', 'prior_5b', ...) as a fresh dict, or a
+    dict of official hparams passed through (missing prior keys take the original's defaults)."""
+    if isinstance(name_or_hparams, str):
+        name = _ALIASES.get(name_or_hparams, name_or_hparams)
+        if name not in HPARAMS:
+            raise CheckpointError(f"unknown official model {name_or_hparams!r}; "
+                                  f"choose one of {', '.join(HPARAMS)}")
+        return dict(HPARAMS[name])
+    return dict(name_or_hparams)
