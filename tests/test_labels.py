@@ -82,6 +82,33 @@ def test_lyric_window_pads_short_lyrics_on_the_left():
         data.lyric_window(list(range(20)), 6, total_length=1000, offset=1000, duration=100)
 
 
+OZYMANDIAS = """I met a traveller from an antique land,
+    Who said "Two vast and trunkless legs of stone
+    Stand in the desert. . . . Near them, on the sand,
+    Half sunk a shattered visage lies, whose frown,
+    And wrinkled lip, and sneer of cold command,
+    Tell that its sculptor well those passions read
+    Which yet survive, stamped on these lifeless things,
+    The hand that mocked them, and the heart that fed;
+    And on the pedestal, these words appear:
+    My name is Ozymandias, King of Kings;
+    Look on my Works, ye Mighty, and despair!
+    Nothing beside remains. Round the decay
+    Of that colossal Wreck, boundless and bare
+    The lone and level sands stretch far away
+    """  # Shelley, 1818 (public domain), indented as in the HF test's metadata
+
+
+def test_hf_expected_y_cond_end_to_end():
+    """FACTS §8: HF's 1b_lyrics test feeds this poem, "Zac Brown Band", "Country", a 1058304-sample song and the
+    first 786432-sample window, and gets y[:10] = [1058304, 0, 786432, 7169, 507, 76, 27, 40, 30, 76]."""
+    artist, genres, tokens = data.song_labels("Zac Brown Band", "Country", OZYMANDIAS, 3)
+    window, indices = data.lyric_window(tokens, 384, total_length=1058304, offset=0, duration=786432)
+    y = [1058304, 0, 786432, artist, *genres, *window]
+    assert y[:10] == [1058304, 0, 786432, 7169, 507, 76, 27, 40, 30, 76] and len(y) == 389
+    assert data.detokenize_lyrics(window, 3).startswith(" and trunkless legs of stone")
+
+
 def test_lyric_window_of_the_released_1b_lyrics_shape():
     """384 tokens over a 1b_lyrics window of 786432 samples in a 1058304-sample song (the FACTS §8 example)."""
     tokens = data.tokenize_lyrics(" and " * 200, 3)  # 1000 characters
