@@ -270,13 +270,15 @@ class AudioDataset(torch.utils.data.Dataset):
 
     @property
     def hours(self):
+        """Total duration of the usable audio."""
         return float(self.ends[-1]) / self.sample_rate / 3600
 
     def __getitem__(self, index):
         if index < 0:
             raise IndexError(f"AudioDataset indices are >= 0, got {index}")
-        rng = np.random.default_rng([self.seed, index])
-        file = int(np.searchsorted(self.ends, rng.integers(self.ends[-1]), side="right"))
+        rng = np.random.default_rng([self.seed, index])  # an independent stream per (seed, index), any worker
+        position = rng.integers(self.ends[-1])  # a uniform sample of all the audio picks the file: weight = duration
+        file = int(np.searchsorted(self.ends, position, side="right"))
         total = int(self.lengths[file])
         offset = int(rng.integers(max(0, total - self.sample_length) + 1))
         audio = load_audio(self.paths[file], self.sample_rate, offset, self.sample_length)
