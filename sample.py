@@ -17,8 +17,13 @@ import math
 import os
 import sys
 
+import soundfile
 import torch
 from tqdm import tqdm
+
+from data import AudioError, load_audio
+from prior import Prior, PriorConfig, make_y
+from vqvae import VQVAE, VQVAEConfig
 
 LEVEL_NAMES = {2: "top", 1: "middle", 0: "bottom"}  # level -> train.py stage of the prior sampling it
 
@@ -36,6 +41,7 @@ class Settings:
     top_p: float = 0.0  # nucleus sampling mass, 0 = off (released: 0.0)
     chunk_size: int = 32  # prime tokens per prefill step (released: 32; 16 for the 5b top prior)
     batch_size: int = 16  # samples per prior.sample call (released max_batch_size: 16; 3 for the 5b top)
+    dtype: torch.dtype = None  # the priors' compute dtype, None = their own (released sampling: float16)
 
 
 # ---- 1. one level, window by window ---------------------------------------------------------------------
@@ -94,7 +100,7 @@ def sample_level(prior, codes, level, total, samples_per_token, y, settings, upp
                 len(rows), y_window[rows], upper=None if window_upper is None else window_upper[rows],
                 prime=prime if prime.shape[1] > 0 else None, sample_tokens=end - start,
                 temperature=settings.temperature[level], top_k=settings.top_k, top_p=settings.top_p,
-                chunk_size=settings.chunk_size, generator=generator)  # (b, end - start), prime included
+                chunk_size=settings.chunk_size, generator=generator, dtype=settings.dtype)  # (b, end - start)
             new.append(out[:, have - start:])  # (b, end - have): only the tokens sampled now
         codes[level] = torch.cat([codes[level], torch.cat(new).to(codes[level].device)], dim=1)
         if progress is not None:
@@ -128,3 +134,344 @@ def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_f
         if on_level_done is not None:
             on_level_done(level)
     return codes
+
+
+# ---- 3. inputs and outputs ------------------------------------------------------------------------------
+
+STAGES = ("vqvae", "top", "middle", "bottom")
+STAGE_LEVELS = {"top": 2, "middle": 1, "bottom": 0}
+CODES_FORMAT = "jukebox-minimal codes v1"
+
+
+def load_checkpoint(path, stage, flag):
+    """A train.py checkpoint dict for `stage`, memory-mapped (cheap to check before any sampling starts)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path}: no such file; check the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated file, not a torch zip file, or holding objects beyond plain tensors
+        raise UserError(f"{flag} {path}: not a readable train.py checkpoint ({type(e).__name__}); "
+                        "pass a file written by train.py") from None
+    if not isinstance(ckpt, dict) or ckpt.get("stage") not in STAGES or "config" not in ckpt:
+        raise UserError(f"{flag} {path}: not a train.py checkpoint (no stage/config); pass a file written by train.py")
+    if ckpt["stage"] != stage:
+        right = "--vqvae" if ckpt["stage"] == "vqvae" else f"--{ckpt['stage']}"
+        raise UserError(f"{flag} {path}: this is a '{ckpt['stage']}' checkpoint, not '{stage}'; pass it to {right}")
+    return ckpt
+
+
+def build_model(ckpt, model_class, config_class):
+    """The model of a train.py checkpoint, with its EMA weights when it has them (they sample better)."""
+    model = model_class(config_class(**ckpt["config"]))
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    return model.eval()
+
+
+def check_prior_matches(prior_config, vqvae_config, path, flag):
+    """A prior can only sample codes of the VQ-VAE it was trained on: same codebook, levels and rate."""
+    for field in ("codebook_size", "hop_lengths", "sample_rate"):
+        ours, theirs = getattr(prior_config, field), getattr(vqvae_config, field)
+        if tuple(ours) != tuple(theirs) if isinstance(ours, (tuple, list)) else ours != theirs:
+            raise UserError(f"{flag} {path}: the prior has {field} {ours} but the VQ-VAE has {theirs}; "
+                            "pass the --vqvae this prior was trained with")
+
+
+def load_prime(path, vqvae, total_samples, prime_seconds=None):
+    """The prime clip as mono audio (1, S, 1) at the VQ-VAE's rate, S a multiple of the top hop length."""
+    rate, top_hop = vqvae.config.sample_rate, vqvae.config.hop_lengths[-1]
+    if not os.path.isfile(path):
+        raise UserError(f"--prime {path}: no such file; check the path")
+    length = None if prime_seconds is None else int(prime_seconds * rate)
+    try:
+        audio = load_audio(path, rate, length=length)  # (S,) float32, mono, resampled to the VQ-VAE's rate
+    except AudioError as e:
+        raise UserError(f"--prime {e}") from None
+    if len(audio) == 0:
+        raise UserError(f"--prime {path}: the file holds no audio (0 samples); pass a clip with sound")
+    if len(audio) < top_hop:
+        raise UserError(f"--prime {path}: {len(audio) / rate:.4f} s is shorter than one top-level code "
+                        f"({top_hop / rate:.4f} s); pass a longer clip")
+    audio = audio[:len(audio) // top_hop * top_hop]  # jukebox: the prompt is floored to a multiple of the top hop
+    peak = float(abs(audio).max())
+    if peak < 1e-4:  # below -80 dBFS: nothing for the priors to continue
+        raise UserError(f"--prime {path}: the clip is silent (peak {peak:.1e}); pass a clip with sound")
+    if len(audio) >= total_samples:
+        raise UserError(f"--prime {path}: the prime is {len(audio) / rate:.2f} s but --seconds asks for "
+                        f"{total_samples / rate:.2f} s in all; raise --seconds or cut the prime with --prime-seconds")
+    return torch.from_numpy(audio).view(1, -1, 1)  # (S,) -> (1, S, 1)
+
+
+def save_codes(path, codes, levels_done, total_samples, song_samples, vqvae_config, checkpoints):
+    """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically."""
+    state = {
+        "format": CODES_FORMAT,
+        "codes": [c.cpu() for c in codes],  # per level (B, T_level) long; a level may be partly sampled
+        "levels_done": sorted(levels_done, reverse=True),  # levels complete to total_samples
+        "total_samples": total_samples,  # the length asked for, in raw samples
+        "song_samples": song_samples,  # the song length the top prior's timing labels were given
+        "vqvae": dataclasses.asdict(vqvae_config),  # codes mean something only with this VQ-VAE
+        "checkpoints": checkpoints,  # stage -> path, the defaults when this run is continued or upsampled
+    }
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)  # atomic: an interrupted save leaves the previous file intact
+
+
+def load_codes(path, flag):
+    """A codes file written by save_codes."""
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path}: no such file; pass the codes.pt of an earlier sample.py run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{flag} {path}: not a readable codes file ({type(e).__name__}); "
+                        "pass the codes.pt of an earlier sample.py run") from None
+    if not isinstance(state, dict) or state.get("format") != CODES_FORMAT:
+        raise UserError(f"{flag} {path}: not a sample.py codes file; pass the codes.pt of an earlier sample.py run")
+    return state
+
+
+def write_wavs(folder, audio, rate, first=0):
+    """audio (B, S, 1) -> folder/item_{first + i}.wav, 16-bit PCM, clipped to [-1, 1]."""
+    os.makedirs(folder, exist_ok=True)
+    for i, item in enumerate(audio.float().clamp(-1, 1).cpu().numpy()):  # (S, 1) each
+        soundfile.write(os.path.join(folder, f"item_{first + i}.wav"), item[:, 0], rate, subtype="PCM_16")
+
+
+# ---- 4. a run: models, inputs, the levels, outputs ------------------------------------------------------
+
+def find_checkpoint(path, stage, flag):
+    """A checkpoint file, or a train.py run folder -> its newest ckpt_*.pt."""
+    if os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.startswith("ckpt_") and f.endswith(".pt"))
+        if not found:
+            raise UserError(f"{flag} {path}: folder holds no ckpt_*.pt; pass a checkpoint written by "
+                            f"`train.py --stage {stage}` or its run folder")
+        return os.path.join(path, found[-1])
+    return path
+
+
+def checkpoint_paths(args, stored):
+    """stage -> path for every stage given: a flag, else the codes file being continued, else --runs/STAGE."""
+    paths = {}
+    for stage in STAGES:
+        path = getattr(args, stage) or stored.get(stage)
+        default = os.path.join(args.runs, stage)
+        if path is None and os.path.isdir(default):
+            path = default
+        if path is not None:
+            paths[stage] = find_checkpoint(path, stage, f"--{stage}")
+    return paths
+
+
+def per_level(text, flag, kind=float):
+    """'0.99' -> (0.99, 0.99, 0.99); '0.5,0.5,0.125' -> per level (bottom, middle, top)."""
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected a number or three comma-separated numbers (bottom,middle,top)") from None
+    if len(values) not in (1, 3):
+        raise UserError(f"{flag} {text}: give one value for all levels or three (bottom,middle,top)")
+    return values * 3 if len(values) == 1 else values
+
+
+def load_models(args, levels, stored, device):
+    """The VQ-VAE and the checked (not yet built) checkpoint of each level's prior."""
+    # (issue 7 adds the released weights here: --official DIR --model NAME.)
+    paths = checkpoint_paths(args, stored)
+    if not paths:
+        raise UserError(f"no trained models found (no --vqvae/--top/--middle/--bottom, nothing in {args.runs}/); "
+                        "train them with the CPU recipe in the README, or point at released weights with "
+                        "--official once available")
+    if "vqvae" not in paths:
+        raise UserError(f"no VQ-VAE checkpoint (nothing in {os.path.join(args.runs, 'vqvae')}); pass --vqvae PATH, "
+                        "a checkpoint written by `train.py --stage vqvae`")
+    vq_ckpt = load_checkpoint(paths["vqvae"], "vqvae", "--vqvae")
+    vq = build_model(vq_ckpt, VQVAE, VQVAEConfig).to(device)
+    prior_ckpts = {}
+    for level in levels:  # all checked now, so a bad bottom checkpoint fails before hours of top-level sampling
+        stage = LEVEL_NAMES[level]
+        if stage not in paths:
+            raise UserError(f"no {stage} prior checkpoint (nothing in {os.path.join(args.runs, stage)}); pass "
+                            f"--{stage} PATH, or leave level {level} out with --levels")
+        prior_ckpts[level] = load_checkpoint(paths[stage], stage, f"--{stage}")
+        check_prior_matches(PriorConfig(**prior_ckpts[level]["config"]), vq.config, paths[stage], f"--{stage}")
+    return paths, vq_ckpt, vq, prior_ckpts
+
+
+def starting_codes(args, vq, saved, saved_path, device):
+    """(codes each level starts from, total_samples): a prime's codes, saved codes, or none."""
+    rate, hops = vq.config.sample_rate, vq.config.hop_lengths
+    asked = None if args.seconds is None else int(args.seconds * rate) // hops[-1] * hops[-1]
+    if asked == 0:
+        raise UserError(f"--seconds {args.seconds}: shorter than one top-level code ({hops[-1] / rate:.4f} s); ask "
+                        "for more")
+    if saved is not None:
+        if saved["vqvae"] != dataclasses.asdict(vq.config):
+            raise UserError(f"{saved_path}: these codes were made with another VQ-VAE than the one given; pass the "
+                            "--vqvae of that run")
+        codes = [c.to(device) for c in saved["codes"]]
+        total_samples = asked or saved["total_samples"]
+        have = max(c.shape[1] * hop for c, hop in zip(codes, hops))
+        if total_samples < have:
+            raise UserError(f"{saved_path} already holds {have / rate:.2f} s; ask for at least that with --seconds")
+        if args.upsample and codes[-1].shape[1] * hops[-1] < total_samples:
+            raise UserError(f"--upsample {saved_path}: its top level is not complete; finish it with --continue")
+        return codes, total_samples
+    total_samples = asked or int(20.0 * rate) // hops[-1] * hops[-1]
+    codes = [torch.zeros(args.n, 0, dtype=torch.long, device=device) for _ in hops]
+    if args.prime:
+        audio = load_prime(args.prime, vq, total_samples, args.prime_seconds).to(device)  # (1, S, 1)
+        # jukebox: the prime is encoded at every level, and every level's first window is primed with its codes
+        codes = [c.expand(args.n, -1).clone() for c in vq.encode(audio)]  # [(B, S / hop)] per level
+    return codes, total_samples
+
+
+def run(args):
+    """Sample as the flags say; returns the exit code (0, or 130 when interrupted)."""
+    settings = Settings(hop_fraction=per_level(args.hop_fraction, "--hop-fraction"),
+                        temperature=per_level(args.temperature, "--temperature"), top_k=args.top_k,
+                        top_p=args.top_p, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                        dtype={"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype])
+    if settings.top_k and settings.top_p:
+        raise UserError("--top-k and --top-p cannot be combined (as in the original); pick one")
+    levels = [1, 0] if args.upsample else [2, 1, 0]
+    if args.levels:
+        levels = sorted({int(v) for v in args.levels.split(",") if v.strip() in ("0", "1", "2")}, reverse=True)
+        if len(levels) != len(args.levels.split(",")):
+            raise UserError(f"--levels {args.levels}: expected levels among 0, 1, 2, e.g. --levels 2 or 2,1,0")
+    if args.upsample and 2 in levels:
+        raise UserError("--upsample samples the lower levels only; drop 2 from --levels (or use --continue)")
+
+    # Inputs: models, then the codes each level starts from and the length to reach.
+    saved_path = args.continue_ or args.upsample
+    saved = load_codes(saved_path, "--continue" if args.continue_ else "--upsample") if saved_path else None
+    paths, vq_ckpt, vq, prior_ckpts = load_models(args, levels, saved["checkpoints"] if saved else {}, args.device)
+    codes, total_samples = starting_codes(args, vq, saved, saved_path, args.device)
+    rate, hops, batch = vq.config.sample_rate, vq.config.hop_lengths, codes[0].shape[0]
+    song_samples = saved["song_samples"] if saved and args.song_seconds is None else int(
+        (args.song_seconds or 0) * rate)
+    song_samples = max(song_samples, total_samples)
+    for level in levels:
+        config = PriorConfig(**prior_ckpts[level]["config"])
+        if level + 1 < len(hops) and level + 1 not in levels and codes[level + 1].shape[1] * hops[level + 1] < total_samples:
+            raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
+        if level + 1 < len(hops) and int(settings.hop_fraction[level] * config.n_ctx) % config.upsample_factor:
+            raise UserError(f"--hop-fraction: level {level}'s window hop must be a multiple of "
+                            f"{config.upsample_factor} tokens to align with the level above; use 0.5")
+        if config.is_top and not config.min_duration * rate <= song_samples < config.max_duration * rate:
+            raise UserError(f"the top prior knows songs of {config.min_duration:g} to {config.max_duration:g} s; "
+                            f"set --song-seconds in that range")
+
+    # Outputs: codes.pt and level_L/item_i.wav in --out, written as soon as each level is complete.
+    out = args.out or (os.path.dirname(saved_path) if saved else "samples")
+    codes_path = os.path.join(out, "codes.pt")
+    if saved is None and os.path.exists(codes_path):
+        raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with --continue {codes_path}")
+    os.makedirs(out, exist_ok=True)
+    done = set(saved["levels_done"]) if saved else set()
+    mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
+    print(f"sample.py: {mode}, {batch} x {total_samples / rate:.2f} s of a {song_samples / rate:.2f} s song "
+          f"at {rate} Hz -> {out}/")
+    print(f"  vqvae   {paths['vqvae']} (step {vq_ckpt['step']})")
+    for level in levels:
+        ckpt, hop = prior_ckpts[level], int(settings.hop_fraction[level] * prior_ckpts[level]["config"]["n_ctx"])
+        print(f"  level {level} ({LEVEL_NAMES[level]}) {paths[LEVEL_NAMES[level]]} (step {ckpt['step']}): "
+              f"{codes[level].shape[1]} -> {total_samples // hops[level]} tokens, n_ctx {ckpt['config']['n_ctx']}, "
+              f"window hop {hop}, temperature {settings.temperature[level]}")
+    print(f"  top_k {settings.top_k}, top_p {settings.top_p}, chunk_size {settings.chunk_size}, batch_size "
+          f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
+
+    def save(level=None):
+        if level is not None:
+            done.add(level)
+        save_codes(codes_path, codes, done, total_samples, song_samples, vq.config, paths)
+        if level is not None:
+            for i in range(0, batch, settings.batch_size):  # a few samples at a time bounds the decoder's memory
+                audio = vq.decode(codes[level][i:i + settings.batch_size], level)  # (b, T_level * hop, 1)
+                write_wavs(os.path.join(out, f"level_{level}"), audio, rate, first=i)
+            tqdm.write(f"level {level}: wrote {out}/level_{level}/item_*.wav and {codes_path}")
+
+    def prior_for(level):  # built when its level starts; the previous prior is freed by then
+        return build_model(prior_ckpts.pop(level), Prior, PriorConfig).to(args.device)
+
+    def labels_for(prior):
+        # (issue 8 adds --artist/--genre/--lyrics here.) Artist 0 and genre 0 are "unknown" in the id tables.
+        return make_y(prior.config, artist=0, genres=[0], total_length=song_samples).to(args.device).expand(batch, -1)
+
+    generator = torch.Generator(args.device).manual_seed(args.seed)
+    try:
+        sample_levels(prior_for, codes, levels, total_samples, hops, labels_for, settings, generator=generator,
+                      on_level_done=save)
+    except KeyboardInterrupt:
+        save()  # keeps every finished window; --continue resumes from there
+        print(f"\ninterrupted: finished levels and windows kept in {codes_path}; resume with "
+              f"`python sample.py --continue {codes_path}`", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Sample music from trained Jukebox models: top prior -> upsamplers -> VQ-VAE decoder. Writes "
+                    "OUT/level_L/item_i.wav after each level (level 2 first, worth hearing already) and OUT/codes.pt "
+                    "(every level's codes, to continue or upsample later). Lists of per-level values are "
+                    "bottom,middle,top (levels 0,1,2), like the original's --hop_fraction.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--prime", metavar="AUDIO", help="primed mode: continue this clip (any format libsndfile reads; "
+                      "downmixed, resampled, cut to a multiple of the top hop, encoded at every level); default: "
+                      "ancestral mode, music from scratch")
+    mode.add_argument("--continue", dest="continue_", metavar="CODES", help="continue mode: extend the codes.pt of an "
+                      "earlier run to --seconds (or finish an interrupted run), at every level in --levels")
+    mode.add_argument("--upsample", metavar="CODES", help="upsample mode: sample only the lower levels (1, 0) under "
+                      "the top-level codes of an earlier run (e.g. one made with --levels 2)")
+    parser.add_argument("--seconds", type=float, default=None, metavar="S", help="length of each sample in seconds, prime "
+                        "included (default 20; continue/upsample: the saved run's length)")
+    parser.add_argument("--song-seconds", type=float, default=None, metavar="S", help="length of the whole song "
+                        "the top prior's timing labels describe (original --total_sample_length_in_seconds; "
+                        "default: --seconds; the 5b prior knows 60-600 s)")
+    parser.add_argument("--prime-seconds", type=float, default=None, metavar="S",
+                        help="use only the first S seconds of --prime")
+    parser.add_argument("--n", type=int, default=1, metavar="N", help="samples to draw at once (ignored with saved codes)")
+    parser.add_argument("--levels", default=None, metavar="L[,L...]", help="levels to sample, e.g. 2 for the top level only "
+                        "(default 2,1,0; --upsample: 1,0)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default samples; continue/upsample: the folder "
+                        "of the codes file)")
+    parser.add_argument("--runs", default="runs", metavar="DIR", help="folder of train.py runs: checkpoints not named by the flags "
+                        "below are taken from RUNS/{vqvae,top,middle,bottom} (newest ckpt_*.pt)")
+    parser.add_argument("--vqvae", default=None, metavar="PATH", help="VQ-VAE checkpoint (file, or train.py run folder)")
+    parser.add_argument("--top", default=None, metavar="PATH", help="level-2 prior checkpoint (file, or train.py run folder)")
+    parser.add_argument("--middle", default=None, metavar="PATH", help="level-1 upsampler checkpoint (file, or run folder)")
+    parser.add_argument("--bottom", default=None, metavar="PATH", help="level-0 upsampler checkpoint (file, or run folder)")
+    parser.add_argument("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]", help="softmax temperature, one value or "
+                        "bottom,middle,top (default 0.99,0.99,0.98 as in the original's notebook)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
+    parser.add_argument("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling: the smallest set of codes with "
+                        "this probability mass (0 = off)")
+    parser.add_argument("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]", help="window hop as a fraction of the context, "
+                        "bottom,middle,top (default as released); each new window is primed with the rest")
+    parser.add_argument("--chunk-size", type=int, default=32, metavar="N", help="prime tokens per prefill step")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="samples per prior call (memory)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the sampling")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="compute dtype of the priors' blocks (the released sampling used float16 on GPUs); the VQ-VAE "
+                        "decodes in float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="DEV",
+                        help="torch device (default cuda if available, else cpu)")
+    args = parser.parse_args(argv)
+    try:
+        if args.n < 1 or args.batch_size < 1 or args.chunk_size < 1:
+            raise UserError("--n, --batch-size and --chunk-size must be at least 1")
+        if args.seconds is not None and args.seconds <= 0:
+            raise UserError(f"--seconds {args.seconds}: must be positive")
+        if args.prime_seconds is not None and not args.prime:
+            raise UserError("--prime-seconds needs --prime")
+        if args.upsample and args.seconds is not None:
+            raise UserError("--upsample keeps the saved length; to make a run longer use --continue with --seconds")
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,7 +21,7 @@ class DummyPrior:
         self.calls = []
 
     def sample(self, n, y, upper=None, prime=None, sample_tokens=None, temperature=1.0, top_k=0, top_p=0.0,
-               chunk_size=32, generator=None):
+               chunk_size=32, generator=None, dtype=None):
         start = int(y[0, 1]) // self.samples_per_token
         primed = 0 if prime is None else prime.shape[1]
         assert 0 <= primed < sample_tokens <= self.config.n_ctx
@@ -125,3 +125,168 @@ def test_continue_skips_full_windows():
     codes2, priors2, _ = run_levels(total_samples=32 * 120, prime=more, levels=(2,))
     assert torch.equal(codes2[2], (torch.arange(120) % K).expand(2, -1))
     assert all(c["start"] + c["sample_tokens"] > 50 for c in priors2[2].calls) and first > 0
+
+
+# ---- end to end with tiny random models, through the command line ---------------------------------------
+
+import dataclasses  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile  # noqa: E402
+
+import data  # noqa: E402
+import prior  # noqa: E402
+import vqvae  # noqa: E402
+
+
+def save_checkpoint(path, stage, config, model):
+    """The train.py checkpoint format (CONTRACTS.md)."""
+    torch.save({"stage": stage, "step": 0, "config": dataclasses.asdict(config), "model": model.state_dict(),
+                "ema": None, "optimizer": {}, "scaler": {}, "rng": [], "data_position": 0}, path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Random tiny VQ-VAE and priors saved as train.py checkpoints in runs/{vqvae,top,middle,bottom}/."""
+    root = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    vq_config = vqvae.preset("tiny")
+    paths = {"vqvae": root / "vqvae" / "ckpt_0000000.pt"}
+    paths["vqvae"].parent.mkdir()
+    save_checkpoint(paths["vqvae"], "vqvae", vq_config, vqvae.VQVAE(vq_config))
+    for level, stage in ((2, "top"), (1, "middle"), (0, "bottom")):
+        config = dataclasses.replace(prior.preset("tiny", level=level), codebook_size=vq_config.codebook_size)
+        paths[stage] = root / stage / "ckpt_0000000.pt"
+        paths[stage].parent.mkdir()
+        save_checkpoint(paths[stage], stage, config, prior.Prior(config))
+    return root, {k: str(v) for k, v in paths.items()}
+
+
+def clip(path, seconds=0.03, rate=22050, channels=2, amplitude=0.5):
+    t = np.arange(int(seconds * rate)) / rate
+    audio = amplitude * np.sin(2 * np.pi * 440 * t)[:, None].repeat(channels, 1)  # (T, channels)
+    soundfile.write(path, audio, rate)
+    return str(path)
+
+
+def run_cli(argv, capsys):
+    code = sample.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_primed_run_writes_every_level(models, tmp_path, capsys):
+    runs, paths = models
+    prime = clip(tmp_path / "clip.wav")  # stereo 22.05 kHz: downmixed and resampled to 44.1 kHz
+    out = tmp_path / "out"
+    code, err = run_cli(["--prime", prime, "--seconds", 0.06, "--n", 2, "--runs", runs, "--out", out], capsys)
+    assert code == 0, err
+    total = int(0.06 * 44100) // 128 * 128
+    for level in range(3):
+        for item in range(2):
+            audio, rate = soundfile.read(out / f"level_{level}" / f"item_{item}.wav")
+            assert rate == 44100 and audio.shape == (total,)
+    saved = torch.load(out / "codes.pt", weights_only=True)
+    assert saved["levels_done"] == [2, 1, 0] and saved["total_samples"] == total
+    vq = sample.build_model(torch.load(paths["vqvae"], weights_only=True), vqvae.VQVAE, vqvae.VQVAEConfig)
+    audio = data.load_audio(prime, 44100)
+    expected = vq.encode(torch.from_numpy(audio[:len(audio) // 128 * 128]).view(1, -1, 1))
+    for level, hop in enumerate((8, 32, 128)):
+        assert saved["codes"][level].shape == (2, total // hop)
+        assert torch.equal(saved["codes"][level][:, :expected[level].shape[1]], expected[level].expand(2, -1))
+
+
+def test_top_only_then_upsample_then_continue(models, tmp_path, capsys):
+    runs, _ = models
+    out = tmp_path / "out"
+    code, err = run_cli(["--seconds", 0.03, "--levels", 2, "--runs", runs, "--out", out, "--seed", 1], capsys)
+    assert code == 0, err
+    assert (out / "level_2" / "item_0.wav").exists() and not (out / "level_1").exists()
+    top = torch.load(out / "codes.pt", weights_only=True)["codes"][2]
+    code, err = run_cli(["--upsample", out / "codes.pt", "--runs", runs], capsys)
+    assert code == 0, err
+    saved = torch.load(out / "codes.pt", weights_only=True)
+    assert saved["levels_done"] == [2, 1, 0] and torch.equal(saved["codes"][2], top)
+    assert soundfile.info(str(out / "level_0" / "item_0.wav")).frames == 1280
+    code, err = run_cli(["--continue", out / "codes.pt", "--seconds", 0.06, "--levels", 2, "--runs", runs], capsys)
+    assert code == 0, err
+    longer = torch.load(out / "codes.pt", weights_only=True)["codes"][2]
+    assert longer.shape == (1, 20) and torch.equal(longer[:, :10], top)
+
+
+def test_interrupted_run_keeps_finished_levels(models, tmp_path, capsys, monkeypatch):
+    runs, _ = models
+    out = tmp_path / "out"
+    real_sample = prior.Prior.sample
+
+    def interrupt_below_top(self, *args, **kwargs):
+        if self.config.level < 2:
+            raise KeyboardInterrupt
+        return real_sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(prior.Prior, "sample", interrupt_below_top)
+    code, err = run_cli(["--seconds", 0.03, "--runs", runs, "--out", out], capsys)
+    assert code == 130 and "--continue" in err
+    assert (out / "level_2" / "item_0.wav").exists()
+    assert torch.load(out / "codes.pt", weights_only=True)["levels_done"] == [2]
+    monkeypatch.setattr(prior.Prior, "sample", real_sample)
+    code, err = run_cli(["--continue", out / "codes.pt", "--runs", runs], capsys)
+    assert code == 0, err
+    assert soundfile.info(str(out / "level_0" / "item_0.wav")).frames == 1280
+
+
+# ---- bad input: one line naming the fix, exit code 2, no traceback --------------------------------------
+
+def expect_user_error(argv, capsys, *words):
+    code, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert all(word in err for word in words), err
+
+
+def test_no_checkpoints_says_what_to_do(tmp_path, capsys):
+    expect_user_error(["--prime", tmp_path / "clip.wav", "--runs", tmp_path / "runs"], capsys, "README", "--official")
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing", ["no such file"]),
+    ("unreadable", ["cannot read audio"]),
+    ("empty", ["no audio"]),
+    ("silent", ["silent"]),
+    ("too_short", ["shorter than one top-level code"]),
+    ("too_long", ["--seconds", "--prime-seconds"]),
+])
+def test_bad_prime(models, tmp_path, capsys, case, words):
+    runs, _ = models
+    path = tmp_path / "clip.wav"
+    if case == "unreadable":
+        path.write_bytes(b"not audio at all" * 10)
+    elif case == "empty":
+        soundfile.write(path, np.zeros((0, 1)), 44100)
+    elif case == "silent":
+        clip(path, amplitude=0.0)
+    elif case == "too_short":
+        clip(path, seconds=0.001)
+    elif case == "too_long":
+        clip(path, seconds=0.2)
+    expect_user_error(["--prime", path, "--seconds", 0.1, "--runs", runs, "--out", tmp_path / "out"], capsys, *words)
+
+
+def test_wrong_stage_checkpoint(models, tmp_path, capsys):
+    runs, paths = models
+    expect_user_error(["--runs", runs, "--middle", paths["top"], "--out", tmp_path / "out"], capsys,
+                      "'top' checkpoint", "--top")
+
+
+def test_vqvae_that_does_not_match_the_priors(models, tmp_path, capsys):
+    runs, _ = models
+    config = dataclasses.replace(vqvae.preset("tiny"), codebook_size=64)
+    save_checkpoint(tmp_path / "other.pt", "vqvae", config, vqvae.VQVAE(config))
+    expect_user_error(["--runs", runs, "--vqvae", tmp_path / "other.pt", "--out", tmp_path / "out"], capsys,
+                      "codebook_size", "--vqvae")
+
+
+def test_unknown_flag_is_an_error():
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--temprature", "0.9"])
+    assert e.value.code == 2
