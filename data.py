@@ -550,8 +550,10 @@ def main(argv=None):
         else:
             data = AudioDataset(args.scan, args.sample_rate, args.sample_rate)
             print(f"{args.scan}: {len(data.paths)} usable files, {data.hours:.2f} hours at {args.sample_rate} Hz")
-    except (AudioError, OSError) as e:
+    except AudioError as e:
         parser.exit(2, f"data.py: error: {e}\n")
+    except OSError as e:  # cannot create the folder or write a file in it
+        parser.exit(2, f"data.py: error: {e.filename or args.make_toy}: {e.strerror}; pick a writable folder\n")
 
 
 if __name__ == "__main__":
