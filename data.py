@@ -134,8 +134,9 @@ def load_audio(path, sample_rate, start=0, length=None):
             f.seek(src_first)
             audio = f.read(max(0, src_end - src_first), dtype="float32", always_2d=True)  # (t, channels)
     except sf.SoundFileError as e:  # LibsndfileError: missing file, unknown format, corrupt header or data
-        raise AudioError(f"{path}: cannot read audio ({e}); convert it to wav/flac/ogg/mp3 or remove it") from None
-    audio = audio.mean(axis=1)  # (t, channels) -> (t,): mono as the 0.5/0.5 mix of a stereo pair
+        reason = " ".join(str(e).split())  # one line
+        raise AudioError(f"{path}: cannot read audio ({reason}); convert it to wav/flac/ogg/mp3 or remove it") from None
+    audio = audio.mean(axis=1)  # (t, channels) -> (t,); jukebox: stereo becomes the 0.5/0.5 mix (no aug_blend)
     if orig_sr == sample_rate:
         return audio
     return _resample_span(audio, orig_sr, sample_rate, start, length, x_start=src_first)
@@ -386,7 +387,7 @@ def to_ascii(text):
 
 def clean_lyrics(text, version):
     """The original's cleaning: to ASCII, backslash -> newline, then drop every character outside the vocabulary."""
-    text = to_ascii(text).replace("\\", "\n")
+    text = to_ascii(text).replace("\\", "\n")  # jukebox: a backslash is read as a line break
     vocab = set(LYRIC_VOCAB[version])
     return "".join(c for c in text if c in vocab)
 
@@ -414,9 +415,9 @@ def lyric_window(tokens, n_tokens, total_length, offset, duration):
         return [0] * pad + list(tokens), [-1] * pad + list(range(len(tokens)))
     if not 0 <= offset < total_length:
         raise ValueError(f"offset {offset} outside the song [0, {total_length})")
-    # The character at the window's centre in time (truncated, like the original), then the window around it,
-    # shifted to stay inside the lyrics: at the start of a song it is the first n_tokens, at the end the last.
-    mid = int(len(tokens) * (offset + duration / 2.0) / total_length)
+    # The character at the window's centre in time, then the window around it, shifted to stay inside the lyrics:
+    # at the start of a song it is the first n_tokens, at the end the last n_tokens.
+    mid = int(len(tokens) * (offset + duration / 2.0) / total_length)  # jukebox: float, then truncated
     first = min(max(mid - n_tokens // 2, 0), len(tokens) - n_tokens)
     indices = list(range(first, first + n_tokens))
     return [tokens[i] for i in indices], indices
