@@ -13,7 +13,6 @@ as in the original's --hop_fraction. "samples per token" is the VQ-VAE hop lengt
 """
 import argparse
 import dataclasses
-import math
 import os
 import sys
 
@@ -120,17 +119,19 @@ def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_f
     """
     top = len(hop_lengths) - 1
     for level in sorted(levels, reverse=True):
-        prior = prior_for(level)
-        total = total_samples // hop_lengths[level]
+        total, have = total_samples // hop_lengths[level], codes[level].shape[1]
+        if have >= total:
+            continue  # complete already (a resumed run): its outputs were written when it completed
         upper, ratio = None, None
         if level < top:  # an upsampler: conditioned on the codes of the level above
             upper, ratio = codes[level + 1], hop_lengths[level + 1] // hop_lengths[level]
             assert upper.shape[1] * ratio >= total, f"level {level + 1} has too few codes to upsample"
-        have = codes[level].shape[1]
-        with tqdm(total=max(total - have, 0), unit="tok", desc=f"level {level} ({LEVEL_NAMES.get(level, level)})",
-                  dynamic_ncols=True, disable=total <= have) as bar:
+        prior = prior_for(level)
+        with tqdm(total=total - have, unit="tok", desc=f"level {level} ({LEVEL_NAMES.get(level, level)})",
+                  dynamic_ncols=True) as bar:
             sample_level(prior, codes, level, total, hop_lengths[level], labels_for(prior), settings, upper=upper,
                          upper_ratio=ratio, generator=generator, progress=bar.update)
+        del prior  # one prior in memory at a time
         if on_level_done is not None:
             on_level_done(level)
     return codes
@@ -139,7 +140,6 @@ def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_f
 # ---- 3. inputs and outputs ------------------------------------------------------------------------------
 
 STAGES = ("vqvae", "top", "middle", "bottom")
-STAGE_LEVELS = {"top": 2, "middle": 1, "bottom": 0}
 CODES_FORMAT = "jukebox-minimal codes v1"
 
 
@@ -171,7 +171,9 @@ def check_prior_matches(prior_config, vqvae_config, path, flag):
     """A prior can only sample codes of the VQ-VAE it was trained on: same codebook, levels and rate."""
     for field in ("codebook_size", "hop_lengths", "sample_rate"):
         ours, theirs = getattr(prior_config, field), getattr(vqvae_config, field)
-        if tuple(ours) != tuple(theirs) if isinstance(ours, (tuple, list)) else ours != theirs:
+        if isinstance(ours, (tuple, list)):
+            ours, theirs = tuple(ours), tuple(theirs)  # a config read back from a file may hold lists
+        if ours != theirs:
             raise UserError(f"{flag} {path}: the prior has {field} {ours} but the VQ-VAE has {theirs}; "
                             "pass the --vqvae this prior was trained with")
 
@@ -201,12 +203,14 @@ def load_prime(path, vqvae, total_samples, prime_seconds=None):
     return torch.from_numpy(audio).view(1, -1, 1)  # (S,) -> (1, S, 1)
 
 
-def save_codes(path, codes, levels_done, total_samples, song_samples, vqvae_config, checkpoints):
+def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoints):
     """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically."""
+    hops = vqvae_config.hop_lengths
     state = {
         "format": CODES_FORMAT,
         "codes": [c.cpu() for c in codes],  # per level (B, T_level) long; a level may be partly sampled
-        "levels_done": sorted(levels_done, reverse=True),  # levels complete to total_samples
+        "levels_done": [level for level in reversed(range(len(codes)))  # levels complete to total_samples
+                        if codes[level].shape[1] * hops[level] >= total_samples],
         "total_samples": total_samples,  # the length asked for, in raw samples
         "song_samples": song_samples,  # the song length the top prior's timing labels were given
         "vqvae": dataclasses.asdict(vqvae_config),  # codes mean something only with this VQ-VAE
@@ -368,7 +372,6 @@ def run(args):
     if saved is None and os.path.exists(codes_path):
         raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with --continue {codes_path}")
     os.makedirs(out, exist_ok=True)
-    done = set(saved["levels_done"]) if saved else set()
     mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
     print(f"sample.py: {mode}, {batch} x {total_samples / rate:.2f} s of a {song_samples / rate:.2f} s song "
           f"at {rate} Hz -> {out}/")
@@ -382,9 +385,7 @@ def run(args):
           f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
 
     def save(level=None):
-        if level is not None:
-            done.add(level)
-        save_codes(codes_path, codes, done, total_samples, song_samples, vq.config, paths)
+        save_codes(codes_path, codes, total_samples, song_samples, vq.config, paths)
         if level is not None:
             for i in range(0, batch, settings.batch_size):  # a few samples at a time bounds the decoder's memory
                 audio = vq.decode(codes[level][i:i + settings.batch_size], level)  # (b, T_level * hop, 1)

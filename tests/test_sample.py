@@ -210,8 +210,9 @@ def test_top_only_then_upsample_then_continue(models, tmp_path, capsys):
     assert soundfile.info(str(out / "level_0" / "item_0.wav")).frames == 1280
     code, err = run_cli(["--continue", out / "codes.pt", "--seconds", 0.06, "--levels", 2, "--runs", runs], capsys)
     assert code == 0, err
-    longer = torch.load(out / "codes.pt", weights_only=True)["codes"][2]
-    assert longer.shape == (1, 20) and torch.equal(longer[:, :10], top)
+    saved = torch.load(out / "codes.pt", weights_only=True)
+    assert saved["codes"][2].shape == (1, 20) and torch.equal(saved["codes"][2][:, :10], top)
+    assert saved["levels_done"] == [2]  # the lower levels are now too short: --upsample finishes them
 
 
 def test_interrupted_run_keeps_finished_levels(models, tmp_path, capsys, monkeypatch):
