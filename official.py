@@ -14,6 +14,7 @@ The released files are pickles written by `torch.save` (torch 1.4, legacy non-zi
 """
 import _compat_pickle
 import pickle
+import re
 import zipfile
 
 import torch
@@ -192,10 +193,11 @@ VQVAE_HPARAMS = dict(
 )
 
 # The original's defaults for every prior (its DEFAULTS "prior", "prior_attn_block", "cond_conv_block",
-# "prime_attn_block", ...), so each released set below is complete on its own.
+# "prime_attn_block", ...), so each released set below is complete on its own. The codebook size and the
+# hop lengths are not among them: the original takes those from the VQ-VAE object (make_prior), and the
+# `hps` saved with a prior hold the VQ-VAE *defaults* (l_bins 512, downs_t (1, 1)), not the real values.
 _PRIOR_DEFAULTS = dict(
-    sr=44100, l_bins=2048, levels=3, downs_t=(3, 2, 2), strides_t=(2, 2, 2),  # from the VQ-VAE
-    level=0, n_ctx=1024, prior_width=128, prior_depth=3, heads=1, attn_order=0, blocks=None, spread=None,
+    sr=44100, level=0, n_ctx=1024, prior_width=128, prior_depth=3, heads=1, attn_order=0, blocks=None, spread=None,
     attn_dropout=0.0, resid_dropout=0.0, emb_dropout=0.0, zero_out=False, res_scale=False, pos_init=False,
     init_scale=1.0, m_attn=0.25, m_mlp=1.0, c_res=0, c_attn=0, c_mlp=0,
     labels=True, labels_v3=False, y_bins=0, t_bins=64, max_bow_genre_size=None,
@@ -265,3 +267,258 @@ def hparams(name_or_hparams):
                                   f"choose one of {', '.join(HPARAMS)}")
         return dict(HPARAMS[name])
     return dict(name_or_hparams)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Official hyperparameters -> our configs
+# ----------------------------------------------------------------------------------------------------------
+
+def _unsupported(hp, allowed, what):
+    """Refuse official settings that change the network in a way our modules do not implement."""
+    bad = [f"{k}={hp[k]!r}" for k, ok in allowed.items() if k in hp and hp[k] not in ok]
+    if bad:
+        raise CheckpointError(f"{what}: unsupported official hyperparameters {', '.join(bad)} "
+                              f"(only the released models' values are implemented)")
+
+
+def _hop_lengths(hp):
+    hops, hop = [], 1
+    for down, stride in zip(hp["downs_t"], hp["strides_t"]):
+        hop *= stride ** down
+        hops.append(hop)
+    return tuple(hops)
+
+
+def vqvae_config(hparams_=None):
+    """Official VQ-VAE hparams (a name or dict; missing keys = the released values) -> vqvae.VQVAEConfig."""
+    from vqvae import VQVAEConfig
+    hp = {**VQVAE_HPARAMS, **hparams(hparams_ or "vqvae")}
+    _unsupported(hp, {"m_conv": (1.0,), "dilation_cycle": (None,), "use_bottleneck": (True,),
+                      "loss_fn": ("lmix", "l2"), "lmix_l1": (0.0, 0)}, "vqvae")
+    if hp["levels"] != len(hp["downs_t"]):
+        raise CheckpointError(f"vqvae: levels={hp['levels']} but downs_t has {len(hp['downs_t'])} entries")
+    return VQVAEConfig(
+        sample_rate=hp["sr"], downs=tuple(hp["downs_t"]), strides=tuple(hp["strides_t"]),
+        codebook_size=hp["l_bins"], embedding_width=hp["emb_width"], width=hp["width"], depth=hp["depth"],
+        level_multipliers=tuple(hp["hvqvae_multipliers"] or (1,) * hp["levels"]),
+        dilation_growth=hp["dilation_growth_rate"], reverse_decoder_dilation=hp["vqvae_reverse_decoder_dilation"],
+        ema_decay=hp["l_mu"], restart_threshold=hp["revival_threshold"], commit_weight=hp["commit"],
+        l2_weight=hp["lmix_l2"] if hp["loss_fn"] == "lmix" else 1.0,
+        linf_weight=hp["lmix_linf"] if hp["loss_fn"] == "lmix" else 0.0, linf_k=hp["linf_k"],
+        multispectral_weight=hp["multispectral"], stft_n_fft=tuple(hp["multispec_loss_n_fft"]),
+        stft_hop=tuple(hp["multispec_loss_hop_length"]), stft_window=tuple(hp["multispec_loss_window_size"]),
+    )
+
+
+def prior_config(hparams_, vqvae_hparams=None):
+    """Official prior hparams (a released name, or a dict; missing keys = the original's defaults) and the
+    VQ-VAE's (default: the released one, which every released prior uses) -> prior.PriorConfig."""
+    from prior import PriorConfig
+    vq = {**VQVAE_HPARAMS, **hparams(vqvae_hparams or "vqvae")}
+    hp = {**_PRIOR_DEFAULTS, **hparams(hparams_)}
+    # jukebox: codebook size and hops come from the VQ-VAE, whatever the prior's own hps say
+    hp.update({k: vq[k] for k in ("l_bins", "downs_t", "strides_t")})
+    _unsupported(hp, {"m_attn": (0.25,), "m_mlp": (1.0, 1), "spread": (None,), "pos_init": (False,),
+                      "res_scale": (False,), "labels": (True,), "copy_input": (False,), "cond_m_conv": (1.0, 1),
+                      "prime_m_attn": (0.25,), "prime_m_mlp": (1.0, 1), "prime_pos_init": (False,),
+                      "prime_res_scale": (False,)}, "prior")
+    levels, top = len(hp["downs_t"]), hp["level"] == len(hp["downs_t"]) - 1
+    if hp["single_enc_dec"]:
+        lyrics = "merged"          # 1b_lyrics: lyrics and music in one sequence
+    elif hp["use_tokens"] and hp["n_tokens"]:
+        lyrics = "encoder"         # 5b_lyrics: a separate lyric encoder, read by cross-attention
+    else:
+        lyrics = "none"
+    cfg = dict(
+        level=hp["level"], n_ctx=hp["n_ctx"], codebook_size=hp["l_bins"], hop_lengths=_hop_lengths(hp),
+        width=hp["prior_width"], depth=hp["prior_depth"], heads=hp["heads"], attn_order=hp["attn_order"],
+        blocks=hp["blocks"], init_scale=hp["init_scale"], merged_decoder=bool(hp["merged_decoder"]),
+        n_genres=hp["y_bins"][0], n_artists=hp["y_bins"][1], max_genres=hp["max_bow_genre_size"],
+        label_version=3 if hp["labels_v3"] else 2, timing_bins=hp["t_bins"], sample_rate=hp["sr"],
+        lyrics=lyrics, n_lyric_tokens=hp["n_tokens"] if lyrics != "none" else 0, lyric_vocab=hp["n_vocab"],
+        prime_loss_fraction=hp["prime_loss_fraction"],
+    )
+    if top:  # timing embeddings: only the top level has them
+        cfg.update(min_duration=hp["min_duration"], max_duration=hp["max_duration"])
+    else:    # the Conditioner on the codes of the level above
+        cfg.update(cond_width=hp["cond_width"], cond_depth=hp["cond_depth"],
+                   cond_dilation_growth=hp["cond_dilation_growth_rate"],
+                   cond_dilation_cycle=hp["cond_dilation_cycle"] or hp["cond_depth"],
+                   cond_res_scale=bool(hp["cond_res_scale"]))
+    if lyrics == "encoder":
+        cfg.update(encoder_width=hp["prime_width"], encoder_depth=hp["prime_depth"],
+                   encoder_heads=hp["prime_heads"], encoder_attn_order=hp["prime_attn_order"],
+                   encoder_blocks=hp["prime_blocks"], encoder_init_scale=hp["prime_init_scale"])
+    assert levels == len(cfg["hop_lengths"])
+    return PriorConfig(**cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. State-dict keys: official -> ours, and the loaders
+#
+# Each table is applied in order with re.sub; the first rule whose pattern matches a key renames it. Every
+# key of the six released files maps onto exactly one of our keys with the same shape (tests/test_official.py
+# checks this against shared/jukebox/state_dict_keys.tsv). Conv1D keeps its official `w` (n_in, n_out) / `b`.
+# ----------------------------------------------------------------------------------------------------------
+
+VQVAE_RENAMES = (
+    (r"^bottleneck\.level_blocks\.(\d+)\.k$", r"codebooks.\1.embeddings"),   # the only codebook tensor saved
+    (r"^decoders\.(\d+)\.out\.", r"decoders.\1.output."),
+    (r"^(encoders|decoders)\.(\d+)\.level_blocks\.(.*)$", r"\1.\2.blocks.\3"),  # then .model. -> .layers. below
+)
+# Our codebooks' EMA state is not in the official files; VQVAE.restore_codebooks rebuilds it from `k`.
+VQVAE_DERIVED = (r"^codebooks\.\d+\.(ema_sums|ema_counts|initialized)$",)
+
+PRIOR_RENAMES = (
+    (r"^prior\.x_emb\.", "transformer.token_embedding."),
+    (r"^prior\.x_out\.", "transformer.lm_head."),      # tied to x_emb unless merged_decoder; saved twice
+    (r"^prior\.pos_emb\.pos_emb$", "transformer.pos_embedding"),
+    (r"^prior\.transformer\._attn_mods\.", "transformer.blocks."),
+    (r"^prime_prior\.start_token$", "lyric_encoder.transformer.start_token"),
+    (r"^prime_prior\.x_emb\.", "lyric_encoder.transformer.token_embedding."),
+    (r"^prime_prior\.pos_emb\.pos_emb$", "lyric_encoder.transformer.pos_embedding"),
+    (r"^prime_prior\.transformer\._attn_mods\.", "lyric_encoder.transformer.blocks."),
+    (r"^prime_state_proj\.", "lyric_encoder.proj."),
+    (r"^prime_state_ln\.", "lyric_encoder.norm."),
+    (r"^prime_x_out\.", "lyric_encoder.out."),
+    (r"^y_emb\.artist_emb\.emb\.", "labels.artist_embedding."),
+    (r"^y_emb\.bow_genre_emb\.emb\.", "labels.genre_embedding."),
+    (r"^y_emb\.total_length_emb\.emb\.", "labels.total_length_embedding."),
+    (r"^y_emb\.absolute_pos_emb\.emb\.", "labels.absolute_position_embedding."),
+    (r"^y_emb\.relative_pos_emb\.emb\.", "labels.relative_position_embedding."),
+    (r"^conditioner_blocks\.0\.x_emb\.", "conditioner.token_embedding."),
+    (r"^conditioner_blocks\.0\.cond\.model\.0\.", "conditioner.convs.0."),
+    # jukebox: the conditioner's residual stacks are named `.blocks.` (not `.model.`): the original built
+    # them with checkpoint_res=1, which swaps its Sequential for a ModuleList.
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.1\.",
+     r"conditioner.convs.\1.resnet.\2.conv_dilated."),
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.3\.",
+     r"conditioner.convs.\1.resnet.\2.conv_1x1."),
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.1\.", r"conditioner.convs.\1.upsample."),
+    (r"^conditioner_blocks\.0\.ln\.", "conditioner.norm."),
+)
+
+
+def _rename(key, renames, then=()):
+    for pattern, replacement in renames:
+        if re.match(pattern, key):
+            key = re.sub(pattern, replacement, key)
+            for old, new in then:
+                key = key.replace(old, new)
+            return key
+    return None
+
+
+def vqvae_key(key):
+    """Our key for an official VQ-VAE key, or None if no rule knows it."""
+    return _rename(key, VQVAE_RENAMES, then=((".model.", ".layers."),))
+
+
+def prior_key(key):
+    """Our key for an official prior key, or None if no rule knows it."""
+    return _rename(key, PRIOR_RENAMES)
+
+
+def map_state_dict(official, ours, rename, derived=(), source="checkpoint"):
+    """Rename an official state dict onto our keys and check it covers `ours` exactly.
+
+    official: {key: tensor or shape}; ours: {key: tensor or shape} of our model (its state_dict).
+    Returns {our key: official value}. Every official key must map to a distinct key of ours with the
+    same shape, and every key of ours must be covered, except those matching a `derived` pattern.
+    Raises CheckpointError listing the offending keys.
+    """
+    shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v)  # noqa: E731
+    mapped, unexpected, wrong_shape, sources = {}, [], [], {}
+    for key, value in official.items():
+        key = key[len("module."):] if key.startswith("module.") else key  # DDP-wrapped saves
+        target = rename(key)
+        if target is None or target not in ours or target in mapped:
+            unexpected.append(key + (f" (-> {target}, already from {sources[target]})" if target in mapped else ""))
+            continue
+        if shape(value) != shape(ours[target]):
+            wrong_shape.append(f"{key} {shape(value)} vs ours {shape(ours[target])}")
+            continue
+        mapped[target], sources[target] = value, key
+    missing = [k for k in ours if k not in mapped and not any(re.match(p, k) for p in derived)]
+    problems = [(what, keys) for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
+    if problems:
+        detail = "; ".join(f"{len(keys)} {what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for what, keys in problems)
+        raise CheckpointError(f"{source}: does not fit the model ({detail}); "
+                              f"check the file belongs to this model / hyperparameters")
+    return mapped
+
+
+def _official_state_dict(path):
+    checkpoint = read_checkpoint(path)
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no 'model' state dict inside; expected an official Jukebox .pth.tar")
+    return state
+
+
+def _load_into(model, mapped, dtype, path):
+    """Put the mapped tensors into `model` (built on the meta device), keeping tied parameters tied."""
+    ties = {}  # our key -> first key holding the same Parameter
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        ties[name] = first.setdefault(id(p), name)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in mapped.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    for name, owner in ties.items():  # assign=True gave each name its own Parameter: tie them again
+        if name != owner:
+            module_name, _, attr = name.rpartition(".")
+            owner_module, _, owner_attr = owner.rpartition(".")
+            setattr(model.get_submodule(module_name), attr, getattr(model.get_submodule(owner_module), owner_attr))
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: nothing to load for {', '.join(left[:4])}; the file does not fit the model")
+    return model
+
+
+def load_vqvae(path, hparams_=None):
+    """An official VQ-VAE file (e.g. 5b/vqvae.pth.tar) -> our VQVAE in eval mode, float32, on the CPU.
+    hparams_: a name or dict of official hyperparameters (default: the released 'vqvae')."""
+    from vqvae import VQVAE
+    config = vqvae_config(hparams_ or "vqvae")
+    with torch.device("meta"):
+        model = VQVAE(config)
+    mapped = map_state_dict(_official_state_dict(path), model.state_dict(), vqvae_key, VQVAE_DERIVED, str(path))
+    for name, buffer in list(model.named_buffers()):  # the derived codebook state: zeros, then restore
+        if name not in mapped:
+            mapped[name] = torch.zeros(buffer.shape, dtype=buffer.dtype)
+    _load_into(model, mapped, torch.float32, path)
+    model.restore_codebooks()  # EMA sums/counts from the codebook, as the original's restore_k
+    return model.eval()
+
+
+def load_prior(path, name_or_hparams, dtype=torch.float32, vqvae_hparams=None):
+    """An official prior file -> our Prior in eval mode, on the CPU.
+
+    name_or_hparams: 'upsampler_level_0', 'upsampler_level_1', '5b', '5b_lyrics', '1b_lyrics' (or the
+    original's prior_* names), or a dict of official hyperparameters; vqvae_hparams: the VQ-VAE's (default:
+    the released one). dtype: float32 (default), or
+    bfloat16 / float16 to halve the memory of the big priors. The model is built on the meta device and
+    takes the file's tensors (converted to dtype), so memory is about one copy of the weights. (jukebox: the
+    5b files may hold their Conv1D `w` in float16; they are converted like everything else.)
+    """
+    from prior import Prior
+    config = prior_config(name_or_hparams, vqvae_hparams)
+    with torch.device("meta"):
+        model = Prior(config)
+    mapped = map_state_dict(_official_state_dict(path), model.state_dict(), prior_key, (), str(path))
+    return _load_into(model, mapped, dtype, path).eval()
+
+
+@torch.no_grad()
+def forward(prior, tokens, y, upper=None):
+    """Teacher-forced logits in the original's layout, for checking against it.
+
+    tokens (B, n_ctx) music codes; y (B, y_length) the official label vector (FACTS §3.6, prior.make_y);
+    upper (B, n_ctx/4) codes of the level above (upsamplers). Returns float32 (B, L, V) over the
+    transformer's whole sequence and vocabulary, like the original's preds: for 1b_lyrics L = n_tokens +
+    n_ctx and V = n_vocab + l_bins (music ids shifted by n_vocab), otherwise (B, n_ctx, l_bins).
+    """
+    logits, _ = prior.sequence_logits(tokens, y, upper)
+    return logits.float()
