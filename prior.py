@@ -1,0 +1,654 @@
+"""The Jukebox priors: autoregressive Transformers over VQ-VAE codes, their conditioning, and fast sampling.
+
+Implements the top-level priors (5b, 5b_lyrics, 1b_lyrics) and the two upsamplers of arXiv:2005.00341 §4
+(priors and upsamplers; artist, genre and timing conditioning; lyrics conditioning; sampling) and
+Appendix B (hyperparameters), exactly as released, plus tiny/small presets that run on a CPU.
+
+Reading order:
+  1. PriorConfig and preset(): every hyperparameter of the released models, named, with its official name.
+  2. Block and Transformer: pre-LayerNorm blocks over attention.py's factorized attention kinds.
+  3. The conditioning: Conditioner (codes of the level above), LabelConditioner (artist, genre, timing),
+     LyricEncoder (5b_lyrics); make_y() builds the official label vector.
+  4. Prior: logits() / forward() for training, sample() for generation with a KV cache.
+
+Shape legend: B batch, T music tokens in the window, L transformer sequence length (T, or lyric tokens + T
+for 1b_lyrics), W width, V vocabulary, E lyric-encoder length, C conv channels. Sequences are (B, T, W)
+everywhere; only the Conditioner's conv stack works in (B, C, T) inside.
+
+Which level a preset models: `preset("upsampler_level_0")` / `"upsampler_level_1"` are the bottom and middle
+priors (conditioned on the codes of the level above), the other released names are top-level priors
+(conditioned on timing). The CPU presets take the level as an argument: `preset("tiny", level=2)` is a top
+prior, `preset("tiny", level=1)` an upsampler, and `lyrics="encoder"` / `"merged"` adds the 5b_lyrics- /
+1b_lyrics-style lyric conditioning to a top prior.
+"""
+import math
+import re
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from attention import Attention, Conv1D, layer_kinds
+
+
+# ---- configuration ------------------------------------------------------------------------------------
+@dataclass
+class PriorConfig:
+    level: int = 2                 # VQ-VAE level modelled: 2 top, 1 middle, 0 bottom (hparams level)
+    n_ctx: int = 8192              # music tokens per window (n_ctx)
+    codebook_size: int = 2048      # VQ-VAE codes per level (l_bins)
+    hop_lengths: tuple = (8, 32, 128)  # raw samples per token at each VQ-VAE level (vqvae hop_lengths)
+    width: int = 4800              # model width W (prior_width)
+    depth: int = 72                # number of transformer blocks (prior_depth)
+    heads: int = 8                 # attention heads (heads)
+    attn_order: int = 2            # official id of the per-layer attention kinds, see attention.layer_kinds (attn_order)
+    blocks: int = 128              # rows of the factorized attention; row length = L // blocks (blocks)
+    init_scale: float = 0.1        # multiplier of the init std of every weight (init_scale)
+    merged_decoder: bool = True    # untied output layer and conditioning added at the input only (merged_decoder)
+    gradient_checkpointing: bool = False  # recompute each block in the backward pass, training only (c_res)
+    # labels: artist, genres, timing
+    n_genres: int = 120            # genre vocabulary (y_bins[0])
+    n_artists: int = 4111          # artist vocabulary (y_bins[1])
+    max_genres: int = 5            # genre slots in the label vector, -1 = empty (max_bow_genre_size)
+    label_version: int = 2         # which artist/genre/lyric id tables: 2 or 3 (labels_v3)
+    timing_bins: int = 128         # bins of each timing embedding (t_bins)
+    min_duration: float = 60.0     # shortest song (s) the total-length embedding accepts (min_duration)
+    max_duration: float = 600.0    # longest song (s) the timing embeddings accept (max_duration)
+    sample_rate: int = 44100       # audio samples per second (sr)
+    # the upsamplers' Conditioner on the codes of the level above
+    cond_width: int = 1024         # channels of its conv stack (cond_width)
+    cond_depth: int = 16           # residual blocks per x2 upsampling step (cond_depth)
+    cond_dilation_growth: int = 3  # dilation of residual block d = growth ** (d % cycle) (cond_dilation_growth_rate)
+    cond_dilation_cycle: int = 8   # (cond_dilation_cycle)
+    cond_res_scale: bool = False   # scale the residual branches by 1/sqrt(cond_depth) (cond_res_scale)
+    # lyrics
+    lyrics: str = "none"           # "none"; "encoder": separate lyric encoder + cross-attention (5b_lyrics);
+                                   # "merged": lyrics and music in one sequence (1b_lyrics, single_enc_dec)
+    n_lyric_tokens: int = 0        # lyric characters per window (n_tokens)
+    lyric_vocab: int = 80          # character vocabulary, 0 = padding (n_vocab)
+    prime_loss_fraction: float = 0.0  # weight of the loss on the lyric tokens (prime_loss_fraction)
+    encoder_width: int = 1280      # lyric encoder width, "encoder" only (prime_width)
+    encoder_depth: int = 18        # (prime_depth)
+    encoder_heads: int = 4         # (prime_heads)
+    encoder_attn_order: int = 2    # (prime_attn_order)
+    encoder_blocks: int = 32       # (prime_blocks)
+    encoder_init_scale: float = 0.7  # (prime_init_scale)
+
+    @property
+    def is_top(self):              # the top level has timing, the others the Conditioner
+        return self.level == len(self.hop_lengths) - 1
+
+    @property
+    def hop_length(self):          # raw audio samples per token of this level
+        return self.hop_lengths[self.level]
+
+    @property
+    def sample_length(self):       # raw audio samples per window (official prior.sample_length)
+        return self.n_ctx * self.hop_length
+
+    @property
+    def upsample_factor(self):     # tokens of this level per token of the level above
+        return self.hop_lengths[self.level + 1] // self.hop_length
+
+    @property
+    def seq_len(self):             # transformer sequence length L
+        return self.n_ctx + (self.n_lyric_tokens if self.lyrics == "merged" else 0)
+
+    @property
+    def vocab_size(self):          # transformer vocabulary V; "merged" puts the characters first
+        return self.codebook_size + (self.lyric_vocab if self.lyrics == "merged" else 0)
+
+    @property
+    def n_labels(self):            # [total_length, offset, sample_length, artist, genres...]
+        return 4 + self.max_genres
+
+    @property
+    def y_length(self):            # length of the label vector y
+        return self.n_labels + (self.n_lyric_tokens if self.lyrics != "none" else 0)
+
+
+def _upsampler(level):
+    return PriorConfig(level=level, width=1920, depth=72, heads=1, attn_order=2, blocks=128, init_scale=0.4,
+                       merged_decoder=False, cond_res_scale=level == 1)
+
+
+def _released(name):
+    if name in ("upsampler_level_0", "upsampler_level_1"):
+        return _upsampler(int(name[-1]))
+    if name == "5b":
+        return PriorConfig()
+    if name == "5b_lyrics":
+        return PriorConfig(depth=79, attn_order=10, min_duration=23.8, lyrics="encoder", n_lyric_tokens=512,
+                           lyric_vocab=80, prime_loss_fraction=0.4)
+    if name == "1b_lyrics":
+        return PriorConfig(n_ctx=6144, width=2048, depth=72, heads=2, attn_order=12, blocks=64, init_scale=0.2,
+                           merged_decoder=False, n_genres=604, n_artists=7898, max_genres=1, label_version=3,
+                           timing_bins=64, min_duration=17.84, lyrics="merged", n_lyric_tokens=384,
+                           lyric_vocab=79, prime_loss_fraction=0.4)
+    raise ValueError(name)
+
+
+def _cpu(name, level, lyrics):
+    if name == "tiny":   # seconds on a CPU; for tests and the toy pipeline (codebook of vqvae.preset("tiny"))
+        c = PriorConfig(level=level, n_ctx=64, codebook_size=256, width=32, depth=3, heads=2, attn_order=2, blocks=8,
+                        init_scale=1.0,
+                        merged_decoder=not level < 2, timing_bins=16, min_duration=0.0, cond_width=32,
+                        cond_depth=2, cond_dilation_cycle=2)
+        lyric = dict(n_lyric_tokens=16, encoder_width=32, encoder_depth=3, encoder_heads=2, encoder_blocks=4,
+                     encoder_init_scale=1.0)
+    else:                # "small": the benchmark size, a real 8192-token window but narrow and shallow
+        c = PriorConfig(level=level, n_ctx=8192, width=256, depth=9, heads=2, attn_order=2, blocks=128,
+                        init_scale=0.7, merged_decoder=not level < 2, timing_bins=64, min_duration=0.0,
+                        cond_width=128, cond_depth=4, cond_dilation_cycle=4)
+        lyric = dict(n_lyric_tokens=256, encoder_width=128, encoder_depth=3, encoder_heads=2, encoder_blocks=16,
+                     encoder_init_scale=0.7)
+    if lyrics == "encoder":   # every 4th layer cross-attends to the lyric encoder (attn_order 6)
+        c = replace(c, lyrics="encoder", attn_order=6, depth=4, prime_loss_fraction=0.4, **lyric)
+    elif lyrics == "merged":  # 16 layers, the last one attends to the lyric prefix (attn_order 12)
+        c = replace(c, lyrics="merged", attn_order=12, depth=16, merged_decoder=False, n_genres=604, n_artists=7898,
+                    max_genres=1, label_version=3, lyric_vocab=79, prime_loss_fraction=0.4,
+                    n_lyric_tokens=lyric["n_lyric_tokens"])
+    return c
+
+
+RELEASED = ("upsampler_level_0", "upsampler_level_1", "5b", "5b_lyrics", "1b_lyrics")
+
+
+def preset(name, level=None, lyrics="none"):
+    """A named PriorConfig. Released names fix their own level and lyrics (a `level` given must agree);
+    "tiny" and "small" take both (level default 2)."""
+    if name in RELEASED:
+        config = _released(name)
+        if level not in (None, config.level) or lyrics != "none":
+            raise ValueError(f"preset {name!r} is a level-{config.level} prior with fixed lyrics; "
+                             f"got level={level}, lyrics={lyrics!r}")
+        return config
+    level = 2 if level is None else level
+    if name not in ("tiny", "small"):
+        raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'small')}")
+    if lyrics not in ("none", "encoder", "merged") or (lyrics != "none" and level != 2):
+        raise ValueError(f"lyrics={lyrics!r} needs level 2 and one of 'none', 'encoder', 'merged'")
+    return _cpu(name, level, lyrics)
+
+
+# ---- official checkpoint names ------------------------------------------------------------------------
+# Official state_dict key -> ours, applied in order with re.sub (one rule matches each key). Every official
+# key of the five released priors maps to exactly one of our keys with the same shape (tested against
+# ../shared/jukebox/state_dict_keys.tsv). Conv1D keeps its official `w` (n_in, n_out) and `b`. Tied output
+# layers appear under both names in both dicts (x_emb/x_out, token_embedding/lm_head).
+OFFICIAL_RENAMES = (
+    (r"^prior\.x_emb\.", "transformer.token_embedding."),
+    (r"^prior\.x_out\.", "transformer.lm_head."),
+    (r"^prior\.pos_emb\.pos_emb$", "transformer.pos_embedding"),
+    (r"^prior\.transformer\._attn_mods\.", "transformer.blocks."),
+    (r"^prime_prior\.start_token$", "lyric_encoder.transformer.start_token"),
+    (r"^prime_prior\.x_emb\.", "lyric_encoder.transformer.token_embedding."),
+    (r"^prime_prior\.pos_emb\.pos_emb$", "lyric_encoder.transformer.pos_embedding"),
+    (r"^prime_prior\.transformer\._attn_mods\.", "lyric_encoder.transformer.blocks."),
+    (r"^prime_state_proj\.", "lyric_encoder.proj."),
+    (r"^prime_state_ln\.", "lyric_encoder.norm."),
+    (r"^prime_x_out\.", "lyric_encoder.out."),
+    (r"^y_emb\.artist_emb\.emb\.", "labels.artist_embedding."),
+    (r"^y_emb\.bow_genre_emb\.emb\.", "labels.genre_embedding."),
+    (r"^y_emb\.total_length_emb\.emb\.", "labels.total_length_embedding."),
+    (r"^y_emb\.absolute_pos_emb\.emb\.", "labels.absolute_position_embedding."),
+    (r"^y_emb\.relative_pos_emb\.emb\.", "labels.relative_position_embedding."),
+    (r"^conditioner_blocks\.0\.x_emb\.", "conditioner.token_embedding."),
+    (r"^conditioner_blocks\.0\.cond\.model\.0\.", "conditioner.convs.0."),
+    # jukebox: `.blocks.` (not `.model.`) because the official Resnet1D was built with checkpoint_res=1
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.1\.", r"conditioner.convs.\1.resnet.\2.conv_dilated."),
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.3\.", r"conditioner.convs.\1.resnet.\2.conv_1x1."),
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.1\.", r"conditioner.convs.\1.upsample."),
+    (r"^conditioner_blocks\.0\.ln\.", "conditioner.norm."),
+)
+
+
+def official_key(key):
+    """Our parameter name for an official checkpoint key (see OFFICIAL_RENAMES)."""
+    for pattern, ours in OFFICIAL_RENAMES:
+        if re.match(pattern, key):
+            return re.sub(pattern, ours, key)
+    raise KeyError(f"no rename rule for official key {key!r}")
+
+
+# ---- the transformer ----------------------------------------------------------------------------------
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back, so fp16/bf16 sampling keeps fp32 statistics (as the original)."""
+
+    def forward(self, x):
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+class MLP(nn.Module):
+    def __init__(self, width, init_scale, zero_init=False):
+        super().__init__()
+        self.c_fc = Conv1D(width, width, init_std=0.02 * init_scale)  # jukebox: hidden width = 1.0 x width (m_mlp)
+        self.c_proj = Conv1D(width, width, init_std=0.02 * init_scale, zero_init=zero_init)
+
+    def forward(self, x):
+        return self.c_proj(quick_gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: x + a + m with a = attn(ln_0(x)), m = mlp(ln_1(x + a))."""
+
+    def __init__(self, width, heads, kind, seq_len, blocks, init_scale, prime_len, encoder_len):
+        super().__init__()
+        self.kind = kind
+        self.ln_0 = LayerNorm(width)
+        self.attn = Attention(width, heads, kind, seq_len, blocks, init_scale=init_scale, prime_len=prime_len,
+                              encoder_len=encoder_len)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = MLP(width, init_scale, zero_init=kind == "cross")  # jukebox: cross blocks start as identity
+
+    def forward(self, x, encoder_kv=None, sample=False):
+        a = self.attn(self.ln_0(x), encoder_kv=encoder_kv, sample=sample)
+        m = self.mlp(self.ln_1(x + a))
+        return x + a + m
+
+
+class Transformer(nn.Module):
+    """Token and learned position embeddings, the blocks, and an output layer (official ConditionalAutoregressive2D).
+
+    Position t is fed the token at t-1; position 0 is fed a start embedding: the label embedding of the
+    prior, or the learned `start_token` of the lyric encoder. `output` is "tied" (lm_head shares the token
+    embedding), "untied", or None (the lyric encoder has no output layer).
+    """
+
+    def __init__(self, vocab_size, seq_len, width, depth, heads, kinds, blocks, init_scale,
+                 prime_len=0, encoder_len=0, start_token=False, output="tied"):
+        super().__init__()
+        assert len(kinds) == depth and seq_len % blocks == 0, (kinds, seq_len, blocks)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02 * init_scale)
+        self.pos_embedding = nn.Parameter(torch.empty(seq_len, width))  # jukebox: a learned absolute table
+        nn.init.normal_(self.pos_embedding, std=0.01 * init_scale)
+        self.start_token = None
+        if start_token:
+            self.start_token = nn.Parameter(torch.empty(1, width))
+            nn.init.normal_(self.start_token, std=0.01 * init_scale)
+        self.blocks = nn.ModuleList(Block(width, heads, kind, seq_len, blocks, init_scale, prime_len, encoder_len)
+                                    for kind in kinds)
+        self.lm_head = None
+        if output is not None:
+            self.lm_head = nn.Linear(width, vocab_size, bias=False)  # jukebox: default init when untied
+            if output == "tied":
+                self.lm_head.weight = self.token_embedding.weight
+        self.gradient_checkpointing = False
+
+    def embed(self, prev_tokens, first, start):
+        """Inputs of positions start .. start+t-1 from the tokens before them.
+
+        prev_tokens: (B, t), the tokens at positions start-1 .. start+t-2 (its first column is ignored when
+        start == 0: position 0 gets `first`, (B, 1, W) or (1, W)).
+        """
+        h = self.token_embedding(prev_tokens)  # (B, t, W)
+        if start == 0:
+            first = first.view(-1, 1, h.shape[-1]).expand(len(h), 1, -1).to(h.dtype)
+            h = torch.cat([first, h[:, 1:]], dim=1)
+        return h + self.pos_embedding[start:start + h.shape[1]]
+
+    def forward(self, h, encoder_kv=None, sample=False, dtype=None):
+        """(B, t, W) inputs -> (B, t, W) float32 activations. sample=True appends to the attention caches.
+
+        dtype runs the blocks in float16/bfloat16 (the official fp16 sampling): Conv1D casts its weights to
+        the input dtype, LayerNorm and softmax stay in float32.
+        """
+        if dtype is not None:
+            h = h.to(dtype)
+            encoder_kv = None if encoder_kv is None else encoder_kv.to(dtype)
+        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not sample
+        for block in self.blocks:
+            kv = encoder_kv if block.kind == "cross" else None  # only cross-attention reads the lyric encoder
+            if use_checkpoint:
+                h = checkpoint(block, h, kv, use_reentrant=False)
+            else:
+                h = block(h, encoder_kv=kv, sample=sample)
+        return h.float()
+
+    def reset_cache(self):
+        for block in self.blocks:
+            block.attn.reset_cache()
+
+
+# ---- conditioning: the codes of the level above (upsamplers) ------------------------------------------
+class ResBlock(nn.Module):
+    """x + res_scale * conv_1x1(relu(conv_dilated(relu(x)))), on (B, C, T)."""
+
+    def __init__(self, channels, dilation, res_scale):
+        super().__init__()
+        self.conv_dilated = nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.conv_1x1 = nn.Conv1d(channels, channels, 1)
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        return x + self.res_scale * self.conv_1x1(F.relu(self.conv_dilated(F.relu(x))))
+
+
+class UpsampleStep(nn.Module):
+    """A dilated residual stack then a x2 transposed conv, on (B, C, T) -> (B, C_out, 2T)."""
+
+    def __init__(self, channels, out_channels, config, res_scale):
+        super().__init__()
+        c = config
+        # jukebox: dilations 1, 3, 9, ... restart every cycle, in increasing order (no reverse_dilation here)
+        self.resnet = nn.Sequential(*(ResBlock(channels, c.cond_dilation_growth ** (d % c.cond_dilation_cycle), res_scale)
+                                      for d in range(c.cond_depth)))
+        self.upsample = nn.ConvTranspose1d(channels, out_channels, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.upsample(self.resnet(x))
+
+
+class Conditioner(nn.Module):
+    """Embeds the upper level's codes and upsamples them to this level's rate: (B, T/4) -> (B, T, W)."""
+
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        steps = int(math.log2(c.upsample_factor))
+        assert 2 ** steps == c.upsample_factor, "the Conditioner upsamples by powers of 2"
+        # jukebox: residual scale 1 at level 0 but 1/sqrt(depth) at level 1 (cond_res_scale); not in checkpoints
+        res_scale = 1.0 / math.sqrt(c.cond_depth) if c.cond_res_scale else 1.0
+        self.token_embedding = nn.Embedding(c.codebook_size, c.width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02 * c.init_scale)
+        self.convs = nn.Sequential(
+            nn.Conv1d(c.width, c.cond_width, 3, padding=1),
+            *(UpsampleStep(c.cond_width, c.width if i == steps - 1 else c.cond_width, c, res_scale) for i in range(steps)))
+        self.norm = LayerNorm(c.width)
+
+    def forward(self, upper):
+        h = self.token_embedding(upper).transpose(1, 2)  # (B, T/4) -> (B, T/4, W) -> (B, W, T/4)
+        h = self.convs(h).transpose(1, 2)                 # (B, W, T) -> (B, T, W)
+        return self.norm(h)
+
+
+# ---- conditioning: artist, genre and timing labels ----------------------------------------------------
+class RangeEmbedding(nn.Module):
+    """Embeds where [start, end) lies inside a fixed range [low, high): n_time equally spaced positions
+    start + (end - start) * i / n_time, each binned into `bins` equal parts of the range."""
+
+    def __init__(self, n_time, bins, low, high, width, init_scale, clamp_end=False):
+        super().__init__()
+        self.n_time, self.bins, self.low, self.high, self.clamp_end = n_time, bins, low, high, clamp_end
+        self.weight = nn.Parameter(torch.empty(bins, width))
+        nn.init.normal_(self.weight, std=0.01 * init_scale)
+
+    def bin_index(self, start, end=None):
+        """(B, 1) float32 start (and end) -> (B, n_time) long bin indices."""
+        if not ((self.low <= start) & (start < self.high)).all():
+            raise ValueError(f"timing value {start.flatten().tolist()} outside [{self.low}, {self.high})")
+        position = start
+        if self.n_time > 1:
+            if self.clamp_end:
+                end = end.clamp(self.low, self.high)
+            if not ((self.low <= end) & (end <= self.high)).all():
+                raise ValueError(f"timing value {end.flatten().tolist()} outside [{self.low}, {self.high}]")
+            fraction = torch.arange(self.n_time, dtype=torch.float32, device=start.device) / self.n_time
+            position = start + (end - start) * fraction  # (B, 1) -> (B, n_time), float32 like the original
+        normalized = (position - self.low) / (self.high - self.low)  # [low, high) -> [0, 1)
+        return (self.bins * normalized).floor().long()
+
+    def forward(self, start, end=None):
+        return F.embedding(self.bin_index(start, end), self.weight)  # (B, n_time, W)
+
+
+class LabelConditioner(nn.Module):
+    """y labels -> the start embedding (artist + bag of genres) and, at the top level, the timing embedding."""
+
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        self.artist_embedding = nn.Embedding(c.n_artists, c.width)
+        self.genre_embedding = nn.Embedding(c.n_genres, c.width)
+        for emb in (self.artist_embedding, self.genre_embedding):
+            nn.init.normal_(emb.weight, std=0.01 * c.init_scale)
+        self.timing = c.is_top  # the upsamplers get their timing from the upper codes instead
+        if self.timing:
+            longest = c.max_duration * c.sample_rate
+            args = (c.timing_bins, c.width, c.init_scale)
+            self.total_length_embedding = RangeEmbedding(1, args[0], c.min_duration * c.sample_rate, longest, *args[1:])
+            self.absolute_position_embedding = RangeEmbedding(c.n_ctx, args[0], 0.0, longest, *args[1:])
+            self.relative_position_embedding = RangeEmbedding(c.n_ctx, args[0], 0.0, 1.0, *args[1:], clamp_end=True)
+
+    def forward(self, labels):
+        """labels (B, 4 + max_genres) -> start (B, 1, W), timing (B, n_ctx, W) or None."""
+        total, offset, length, artist, genres = labels[:, 0:1], labels[:, 1:2], labels[:, 2:3], labels[:, 3:4], labels[:, 4:]
+        present = (genres >= 0).unsqueeze(-1)  # (B, G, 1); empty genre slots hold -1
+        genre = (self.genre_embedding(genres.clamp(min=0)) * present).sum(dim=1, keepdim=True)  # (B, G, W) -> (B, 1, W)
+        start_embedding = genre + self.artist_embedding(artist)
+        if not self.timing:
+            return start_embedding, None
+        start, end, total = offset.float(), (offset + length).float(), total.float()
+        timing = (self.total_length_embedding(total) + self.absolute_position_embedding(start, end)
+                  + self.relative_position_embedding(start / total, end / total))
+        return start_embedding, timing
+
+
+def make_y(config, artist, genres, total_length, offset=0, lyrics=()):
+    """The official label vector y (LongTensor (config.y_length,)) for one window of one song.
+
+    artist, genres: ids from data.py's tables (config.label_version); at most config.max_genres genres,
+    the rest padded with -1. total_length, offset: song length and window start in audio samples.
+    lyrics: the window's lyric token ids (data.py picks the window); fewer than config.n_lyric_tokens are
+    left-padded with 0 like the original. Stack rows for a batch.
+    """
+    genres = list(genres)
+    if len(genres) > config.max_genres:
+        raise ValueError(f"at most {config.max_genres} genres per song, got {len(genres)}")
+    lyrics = list(lyrics) if config.lyrics != "none" else []
+    if len(lyrics) > config.n_lyric_tokens:
+        raise ValueError(f"at most {config.n_lyric_tokens} lyric tokens per window, got {len(lyrics)}")
+    n_pad = config.n_lyric_tokens - len(lyrics) if config.lyrics != "none" else 0
+    y = [total_length, offset, config.sample_length, artist, *genres, *[-1] * (config.max_genres - len(genres)),
+         *[0] * n_pad, *lyrics]
+    return torch.tensor(y, dtype=torch.long)
+
+
+# ---- conditioning: lyrics (5b_lyrics) -----------------------------------------------------------------
+class LyricEncoder(nn.Module):
+    """A causal Transformer over the window's lyric characters. Its activations, projected to the prior's
+    width and normalized, are the keys/values read by the prior's cross-attention layers (encoder_kv)."""
+
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        kinds = layer_kinds(c.encoder_attn_order, c.encoder_depth)
+        self.transformer = Transformer(c.lyric_vocab, c.n_lyric_tokens, c.encoder_width, c.encoder_depth,
+                                       c.encoder_heads, kinds, c.encoder_blocks, c.encoder_init_scale,
+                                       start_token=True, output=None)
+        self.proj = Conv1D(c.encoder_width, c.width, init_std=0.02 * c.encoder_init_scale)
+        self.norm = LayerNorm(c.width)
+        self.out = nn.Linear(c.width, c.lyric_vocab, bias=False)  # predicts the lyrics, for the prime loss only
+        nn.init.normal_(self.out.weight, std=0.02 * c.init_scale)
+
+    def forward(self, lyrics, dtype=None):
+        """lyrics (B, E) long -> encoder_kv (B, E, W) float32."""
+        prev = F.pad(lyrics, (1, 0))[:, :-1]  # (B, E): position t is fed character t-1
+        h = self.transformer(self.transformer.embed(prev, self.transformer.start_token, 0), dtype=dtype)
+        return self.norm(self.proj(h))
+
+
+# ---- the prior ----------------------------------------------------------------------------------------
+def bits(logits, targets):
+    """Mean cross-entropy in bits per token."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)
+
+
+def filter_logits(logits, top_k=0, top_p=0.0):
+    """Keep the top_k largest logits, or the smallest set whose probability exceeds top_p; others -> -inf."""
+    if top_k > 0 and top_p > 0.0:
+        raise ValueError("use top_k or top_p, not both")
+    logits = logits.clone()
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits[logits < kth] = -math.inf
+    if top_p > 0.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) > top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # shift right: keep the first token that crosses top_p
+        remove[..., 0] = False
+        logits[remove.scatter(-1, order, remove)] = -math.inf  # back from sorted to vocabulary order
+    return logits
+
+
+class Prior(nn.Module):
+    """A Jukebox prior: p(codes of this level | labels, lyrics, codes of the level above).
+
+    The conditioning enters as (1) the start embedding at position 0 (artist + genres), (2) a per-position
+    embedding added to the input (the upsampled upper codes, or at the top level the timing embedding) and,
+    unless merged_decoder, added again after the blocks, and (3) the lyrics: keys/values of the cross-attention
+    layers ("encoder"), or a prefix of the token sequence attended to by the prime layers ("merged").
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        c = self.config = config
+        self.conditioner = None if c.is_top else Conditioner(c)
+        self.labels = LabelConditioner(c)
+        self.lyric_encoder = LyricEncoder(c) if c.lyrics == "encoder" else None
+        self.transformer = Transformer(
+            c.vocab_size, c.seq_len, c.width, c.depth, c.heads, layer_kinds(c.attn_order, c.depth), c.blocks,
+            c.init_scale, prime_len=c.n_lyric_tokens if c.lyrics == "merged" else 0,
+            encoder_len=c.n_lyric_tokens if c.lyrics == "encoder" else 0,
+            output="untied" if c.merged_decoder else "tied")
+        for transformer in self.transformers():
+            transformer.gradient_checkpointing = c.gradient_checkpointing
+
+    def transformers(self):
+        return [self.transformer] + ([self.lyric_encoder.transformer] if self.lyric_encoder is not None else [])
+
+    def reset_cache(self):
+        """Empty every attention KV cache (sample() does this itself before and after)."""
+        for transformer in self.transformers():
+            transformer.reset_cache()
+
+    # -- conditioning -----------------------------------------------------------------------------------
+    def condition(self, y, upper=None, dtype=None):
+        """y (B, y_length), upper (B, T/4) -> start (B, 1, W), cond (B, L, W), encoder_kv (B, E, W) or None."""
+        c = self.config
+        if y.shape[1] != c.y_length:
+            raise ValueError(f"y has {y.shape[1]} entries, this prior expects {c.y_length} (see make_y)")
+        start, timing = self.labels(y[:, :c.n_labels])
+        if self.conditioner is not None:
+            if upper is None:
+                raise ValueError("an upsampler needs `upper`, the codes of the level above")
+            cond = self.conditioner(upper)   # (B, T, W)
+        else:
+            cond = timing                    # (B, n_ctx, W)
+        if c.lyrics == "merged":             # no per-position conditioning on the lyric prefix
+            cond = torch.cat([cond.new_zeros(len(cond), c.n_lyric_tokens, c.width), cond], dim=1)  # (B, L, W)
+        encoder_kv = None
+        if self.lyric_encoder is not None:   # computed once per window
+            encoder_kv = self.lyric_encoder(y[:, c.n_labels:], dtype=dtype)
+        return start, cond, encoder_kv
+
+    def sequence(self, tokens, y):
+        """Music tokens (B, T) -> the transformer's token sequence (B, L): "merged" puts the window's lyric
+        characters first and shifts the music ids past the character ids."""
+        c = self.config
+        if c.lyrics != "merged":
+            return tokens
+        return torch.cat([y[:, c.n_labels:], tokens + c.lyric_vocab], dim=1)
+
+    def _run(self, prev_tokens, start, cond, encoder_kv, position, sample=False, dtype=None):
+        """Logits (B, t, V) of positions position .. position+t-1 given the tokens before them (B, t)."""
+        t = prev_tokens.shape[1]
+        cond = cond[:, position:position + t]
+        h = self.transformer.embed(prev_tokens, start, position) + cond
+        h = self.transformer(h, encoder_kv, sample=sample, dtype=dtype)
+        if not self.config.merged_decoder:
+            h = h + cond
+        return self.transformer.lm_head(h)
+
+    # -- training ---------------------------------------------------------------------------------------
+    def sequence_logits(self, tokens, y, upper=None):
+        """Teacher-forced logits over the whole transformer sequence: (B, T) -> (B, L, V)."""
+        seq = self.sequence(tokens, y)
+        start, cond, encoder_kv = self.condition(y, upper)
+        return self._run(F.pad(seq, (1, 0))[:, :-1], start, cond, encoder_kv, 0), encoder_kv
+
+    def logits(self, tokens, y, upper=None):
+        """Teacher-forced next-code logits (B, T) -> (B, T, codebook_size). For "merged" these are the music
+        positions and music ids only (sample() draws from the full merged vocabulary, see there)."""
+        c = self.config
+        logits, _ = self.sequence_logits(tokens, y, upper)
+        if c.lyrics == "merged":
+            logits = logits[:, c.n_lyric_tokens:, c.lyric_vocab:]
+        return logits
+
+    def forward(self, tokens, y, upper=None):
+        """(B, T) codes -> (loss, metrics); losses in bits per token. The lyric ("prime") loss counts
+        with weight prime_loss_fraction, both terms weighted by their share of the tokens."""
+        c = self.config
+        logits, encoder_kv = self.sequence_logits(tokens, y, upper)
+        seq = self.sequence(tokens, y)
+        n_prime, n_gen = (0 if c.lyrics == "none" else c.n_lyric_tokens), tokens.shape[1]
+        if c.lyrics == "merged":       # one sequence: the first n_lyric_tokens predictions are the lyrics
+            prime_loss = bits(logits[:, :n_prime], seq[:, :n_prime])
+            logits, seq = logits[:, n_prime:], seq[:, n_prime:]
+        elif c.lyrics == "encoder":    # the encoder's projected activations predict the lyrics
+            prime_loss = bits(self.lyric_encoder.out(encoder_kv), y[:, c.n_labels:])
+        else:
+            prime_loss = logits.new_zeros(())
+        gen_loss = bits(logits, seq)
+        loss = (c.prime_loss_fraction * prime_loss * n_prime + gen_loss * n_gen) / (n_prime + n_gen)
+        return loss, {"gen_loss": gen_loss.detach(), "prime_loss": prime_loss.detach()}
+
+    # -- sampling ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n, y, upper=None, prime=None, sample_tokens=None, temperature=1.0, top_k=0, top_p=0.0,
+               chunk_size=32, generator=None, dtype=None, mask_lyric_ids=False, return_logits=False):
+        """Sample codes (n, sample_tokens), starting with `prime` (n, P) if given.
+
+        The prime is pushed through the transformer in chunks of chunk_size to fill the attention caches;
+        then each new token costs one cached step per layer. sample_tokens defaults to the whole window
+        (n_ctx). dtype: torch.float16 / bfloat16 runs the blocks in that precision (the released sampling
+        used float16). generator: a torch.Generator, for reproducible samples.
+
+        "merged" (1b_lyrics): the lyric characters in y are the first part of the prime. jukebox: the merged
+        vocabulary is not masked, a character id drawn at a music position becomes code 0; mask_lyric_ids=True
+        forbids them instead. return_logits=True also returns the raw logits (n, L, V) of every position.
+        """
+        c = self.config
+        sample_tokens = c.n_ctx if sample_tokens is None else sample_tokens
+        prime = y.new_zeros(n, 0) if prime is None else prime
+        if not (len(y) == len(prime) == n and prime.shape[1] <= sample_tokens <= c.n_ctx):
+            raise ValueError(f"need y, prime with {n} rows and prime length <= sample_tokens <= {c.n_ctx}")
+        start, cond, encoder_kv = self.condition(y, upper, dtype=dtype)
+        seq_prime = self.sequence(prime, y)                # (n, P') in transformer ids
+        n_prefix = seq_prime.shape[1] - prime.shape[1]     # lyric characters before the music ("merged")
+        length = sample_tokens + n_prefix
+        # prev[:, t] is the token fed to position t, i.e. the token at t-1 (column 0 is a placeholder)
+        prev = y.new_zeros(n, length + 1)
+        prev[:, 1:seq_prime.shape[1] + 1] = seq_prime
+        all_logits = []
+        self.reset_cache()
+        for position in range(0, seq_prime.shape[1], chunk_size):   # prefill: fill the caches with the prime
+            end = min(position + chunk_size, seq_prime.shape[1])
+            logits = self._run(prev[:, position:end], start, cond, encoder_kv, position, sample=True, dtype=dtype)
+            if return_logits:
+                all_logits.append(logits)
+        for position in range(seq_prime.shape[1], length):          # one token at a time
+            logits = self._run(prev[:, position:position + 1], start, cond, encoder_kv, position, sample=True,
+                               dtype=dtype)
+            if return_logits:
+                all_logits.append(logits)
+            logits = logits[:, -1] / temperature                    # (n, 1, V) -> (n, V)
+            if mask_lyric_ids and c.lyrics == "merged":
+                logits[:, :c.lyric_vocab] = -math.inf
+            probs = filter_logits(logits, top_k, top_p).softmax(dim=-1)
+            prev[:, position + 1] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        self.reset_cache()
+        tokens = prev[:, 1 + n_prefix:]                             # (n, sample_tokens)
+        if c.lyrics == "merged":
+            tokens = (tokens - c.lyric_vocab).clamp(min=0)          # jukebox: character ids become code 0
+        if return_logits:
+            return tokens, torch.cat(all_logits, dim=1)
+        return tokens
