@@ -131,22 +131,22 @@ def _released(name):
 
 
 def _cpu(name, level, lyrics):
-    if name == "tiny":   # seconds on a CPU; for tests and the toy pipeline (codebook of vqvae.preset("tiny"))
-        c = PriorConfig(level=level, n_ctx=64, codebook_size=256, width=32, depth=3, heads=2, attn_order=2, blocks=8,
-                        init_scale=1.0,
-                        merged_decoder=not level < 2, timing_bins=16, min_duration=0.0, cond_width=32,
-                        cond_depth=2, cond_dilation_cycle=2)
+    # Top levels take 5b's structure (untied output, conditioning at the input only), upsamplers theirs.
+    if name == "tiny":   # seconds on a CPU; for tests and the toy pipeline (the codebook of vqvae.preset("tiny"))
+        c = PriorConfig(level=level, n_ctx=64, codebook_size=256, width=32, depth=3, heads=2, attn_order=2,
+                        blocks=8, init_scale=1.0, merged_decoder=level == 2, timing_bins=16, min_duration=0.0,
+                        cond_width=32, cond_depth=2, cond_dilation_cycle=2)
         lyric = dict(n_lyric_tokens=16, encoder_width=32, encoder_depth=3, encoder_heads=2, encoder_blocks=4,
                      encoder_init_scale=1.0)
     else:                # "small": the benchmark size, a real 8192-token window but narrow and shallow
         c = PriorConfig(level=level, n_ctx=8192, width=256, depth=9, heads=2, attn_order=2, blocks=128,
-                        init_scale=0.7, merged_decoder=not level < 2, timing_bins=64, min_duration=0.0,
+                        init_scale=0.7, merged_decoder=level == 2, timing_bins=64, min_duration=0.0,
                         cond_width=128, cond_depth=4, cond_dilation_cycle=4)
         lyric = dict(n_lyric_tokens=256, encoder_width=128, encoder_depth=3, encoder_heads=2, encoder_blocks=16,
                      encoder_init_scale=0.7)
-    if lyrics == "encoder":   # every 4th layer cross-attends to the lyric encoder (attn_order 6)
+    if lyrics == "encoder":   # 5b_lyrics-style: every 4th layer cross-attends to the lyric encoder (attn_order 6)
         c = replace(c, lyrics="encoder", attn_order=6, depth=4, prime_loss_fraction=0.4, **lyric)
-    elif lyrics == "merged":  # 16 layers, the last one attends to the lyric prefix (attn_order 12)
+    elif lyrics == "merged":  # 1b_lyrics-style: 16 layers, the last attends to the lyric prefix (attn_order 12)
         c = replace(c, lyrics="merged", attn_order=12, depth=16, merged_decoder=False, n_genres=604, n_artists=7898,
                     max_genres=1, label_version=3, lyric_vocab=79, prime_loss_fraction=0.4,
                     n_lyric_tokens=lyric["n_lyric_tokens"])
@@ -290,7 +290,7 @@ class Transformer(nn.Module):
         """
         h = self.token_embedding(prev_tokens)  # (B, t, W)
         if start == 0:
-            first = first.view(-1, 1, h.shape[-1]).expand(len(h), 1, -1).to(h.dtype)
+            first = first.view(-1, 1, h.shape[-1]).expand(len(h), 1, -1).to(h.dtype)  # (B or 1, W) -> (B, 1, W)
             h = torch.cat([first, h[:, 1:]], dim=1)
         return h + self.pos_embedding[start:start + h.shape[1]]
 
@@ -410,12 +410,13 @@ class LabelConditioner(nn.Module):
         for emb in (self.artist_embedding, self.genre_embedding):
             nn.init.normal_(emb.weight, std=0.01 * c.init_scale)
         self.timing = c.is_top  # the upsamplers get their timing from the upper codes instead
-        if self.timing:
-            longest = c.max_duration * c.sample_rate
-            args = (c.timing_bins, c.width, c.init_scale)
-            self.total_length_embedding = RangeEmbedding(1, args[0], c.min_duration * c.sample_rate, longest, *args[1:])
-            self.absolute_position_embedding = RangeEmbedding(c.n_ctx, args[0], 0.0, longest, *args[1:])
-            self.relative_position_embedding = RangeEmbedding(c.n_ctx, args[0], 0.0, 1.0, *args[1:], clamp_end=True)
+        if self.timing:  # ranges in audio samples: total length, window position in the song, and its fraction
+            bins, width, scale = c.timing_bins, c.width, c.init_scale
+            shortest, longest = c.min_duration * c.sample_rate, c.max_duration * c.sample_rate
+            self.total_length_embedding = RangeEmbedding(1, bins, shortest, longest, width, scale)
+            self.absolute_position_embedding = RangeEmbedding(c.n_ctx, bins, 0.0, longest, width, scale)
+            # jukebox: a window may run past the end of the song; its relative end is clamped to 1
+            self.relative_position_embedding = RangeEmbedding(c.n_ctx, bins, 0.0, 1.0, width, scale, clamp_end=True)
 
     def forward(self, labels):
         """labels (B, 4 + max_genres) -> start (B, 1, W), timing (B, n_ctx, W) or None."""
@@ -437,7 +438,7 @@ def make_y(config, artist, genres, total_length, offset=0, lyrics=()):
     artist, genres: ids from data.py's tables (config.label_version); at most config.max_genres genres,
     the rest padded with -1. total_length, offset: song length and window start in audio samples.
     lyrics: the window's lyric token ids (data.py picks the window); fewer than config.n_lyric_tokens are
-    left-padded with 0 like the original. Stack rows for a batch.
+    left-padded with 0 like the original; ignored by priors without lyrics. Stack rows for a batch.
     """
     genres = list(genres)
     if len(genres) > config.max_genres:
@@ -477,8 +478,8 @@ class LyricEncoder(nn.Module):
 
 # ---- the prior ----------------------------------------------------------------------------------------
 def bits(logits, targets):
-    """Mean cross-entropy in bits per token."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)
+    """Mean cross-entropy in bits per token: logits (B, t, V), targets (B, t)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)  # (B*t, V)
 
 
 def filter_logits(logits, top_k=0, top_p=0.0):
@@ -569,7 +570,8 @@ class Prior(nn.Module):
 
     # -- training ---------------------------------------------------------------------------------------
     def sequence_logits(self, tokens, y, upper=None):
-        """Teacher-forced logits over the whole transformer sequence: (B, T) -> (B, L, V)."""
+        """Teacher-forced logits over the whole transformer sequence: tokens (B, T) -> (logits (B, L, V),
+        encoder_kv (B, E, W) or None). For "merged", L and V include the lyric prefix and characters."""
         seq = self.sequence(tokens, y)
         start, cond, encoder_kv = self.condition(y, upper)
         return self._run(F.pad(seq, (1, 0))[:, :-1], start, cond, encoder_kv, 0), encoder_kv
