@@ -73,8 +73,9 @@ def layer_kinds(attn_order, depth):
 def _sdpa(q, k, v, mask=None, causal=False):
     """(N, L, H, D) queries against (N, L', H, D) keys/values -> (N, L, H, D).
 
-    Scale 1/sqrt(D), as the original's D^-1/4 on q and on k (training) or D^-1/2 on q.k (eval). The fused
-    kernels accumulate q.k and the softmax in fp32 for fp16/bf16 inputs, as the original's fp32 softmax.
+    Scale 1/sqrt(D): the original's D^-1/4 on q and on k (training) or D^-1/2 on q.k (eval), the same up to
+    rounding. For fp16/bf16 inputs torch's fused kernels (CPU flash, CUDA flash / memory-efficient) keep q.k
+    and the softmax in fp32, as the original does (it casts the logits to fp32 for the mask and softmax).
     """
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (N, L, H, D) -> (N, H, L, D)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
