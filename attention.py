@@ -46,27 +46,35 @@ class Conv1D(nn.Module):
 
 
 # ---- per-layer patterns ------------------------------------------------------------------------------
-# The released models repeat ("row", "column", "prev_row"); the lyric models replace some layers.
-# The keys are the official hparam `attn_order` numbers, for loading official configs only; the official
-# orders 3, 4, 5 use "summary" kinds that no released model has and are left out.
-RCP = ("row", "column", "prev_row")
+# Each official hparam `attn_order` (the keys; for loading official configs only) names a cycle of kinds
+# that the layers repeat: layer d has kind cycle[d % len(cycle)]. The orders 3, 4, 5 use "summary" kinds
+# that no released model has and are left out.
+FACTORIZED = ("row", "column", "prev_row")
+
+
+def _with(cycle, replaced):
+    """cycle with some layers replaced: _with(FACTORIZED * 2, {5: "dense"}) ends in "dense"."""
+    return tuple(replaced.get(d, kind) for d, kind in enumerate(cycle))
+
+
 ATTN_ORDER = {
-    0: lambda d: "dense",
-    1: lambda d: ("row", "column")[d % 2],
-    2: lambda d: RCP[d % 3],                                      # upsamplers, 5b, 5b_lyrics' lyric encoder
-    6: lambda d: (*RCP, "cross")[d % 4],
-    7: lambda d: (*RCP * 5, "cross")[d % 16],
-    8: lambda d: (*RCP * 3, "cross")[d % 10],
-    9: lambda d: (*RCP, "dense")[d % 4],
-    10: lambda d: (*RCP * 3, *(*RCP * 3, "cross") * 7)[d % 79],   # 5b_lyrics: cross at 18, 28, ..., 78
-    11: lambda d: ("cross", "cross", "dense")[d % 3] if d % 16 == 15 else RCP[d % 3],
-    12: lambda d: ("prime", "prime", "dense")[d % 3] if d % 16 == 15 else RCP[d % 3],  # 1b_lyrics
+    0: ("dense",),
+    1: ("row", "column"),
+    2: FACTORIZED,                                                    # upsamplers, 5b, 5b_lyrics' lyric encoder
+    6: FACTORIZED + ("cross",),
+    7: FACTORIZED * 5 + ("cross",),
+    8: FACTORIZED * 3 + ("cross",),
+    9: FACTORIZED + ("dense",),
+    10: FACTORIZED * 3 + (FACTORIZED * 3 + ("cross",)) * 7,           # 5b_lyrics: cross at 18, 28, ..., 78
+    11: _with(FACTORIZED * 16, {15: "cross", 31: "cross", 47: "dense"}),
+    12: _with(FACTORIZED * 16, {15: "prime", 31: "prime", 47: "dense"}),  # 1b_lyrics: prime at 15, 31, 63
 }
 
 
 def layer_kinds(attn_order, depth):
     """Kind of each of `depth` layers for an official attn_order: layer_kinds(12, 72)[15] == "prime"."""
-    return tuple(ATTN_ORDER[attn_order](d) for d in range(depth))
+    cycle = ATTN_ORDER[attn_order]
+    return tuple(cycle[d % len(cycle)] for d in range(depth))
 
 
 # ---- attention -----------------------------------------------------------------------------------------
