@@ -386,9 +386,10 @@ def train(args, rank, local_rank, world_size, device, ddp):
         # fresh run (or a resume on a different number of processes): each rank its own stream
         seed_everything(args.seed + rank + (1_000_003 * start_step))
 
+    # forward_sync_buffers=False: buffers (the VQ-VAE codebooks) are synchronised by the model's own all-reduce and
+    # broadcast at each update, not overwritten with rank 0's copy before every forward.
     train_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
-                      broadcast_buffers=False) if ddp else model
-    # broadcast_buffers=False: the VQ-VAE codebook is a buffer whose update the model all-reduces itself.
+                      forward_sync_buffers=False) if ddp else model
     sampler = GlobalIndexSampler(start_step, args.batch_size, rank, local_batch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=micro_batch, sampler=sampler,
                                          num_workers=args.workers, generator=torch.Generator().manual_seed(0),
