@@ -36,6 +36,7 @@ import time
 from contextlib import nullcontext
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -247,7 +248,14 @@ def setup_vqvae_stage(args, ckpt, dataset_for, device):
 
     def inputs(batch):
         return (batch["audio"].to(device),)  # (B, T, 1)
-    return model, cfg, dataset, inputs
+
+    def listen(model, model_inputs, prefix, step):
+        """The first window of the batch and its reconstruction through each level."""
+        audio = model_inputs[0][:1]  # (1, T, 1)
+        write_audio(f"{prefix}_input.wav", audio, cfg.sample_rate)
+        for level, codes in enumerate(model.encode(audio)):
+            write_audio(f"{prefix}_recon_l{level}.wav", model.decode(codes, level), cfg.sample_rate)
+    return model, cfg, dataset, inputs, listen
 
 
 def setup_prior_stage(args, ckpt, dataset_for, device):
@@ -296,7 +304,20 @@ def setup_prior_stage(args, ckpt, dataset_for, device):
                 lyrics = data.lyric_window(lyrics, cfg.n_lyric_tokens, total, offset, cfg.sample_length)[0]
             rows.append(prior.make_y(cfg, artist, genres, total, offset, lyrics))
         return tokens, torch.stack(rows).to(device), upper  # y: (B, n_y)
-    return model, cfg, dataset, inputs
+
+    def listen(model, model_inputs, prefix, step):
+        """One window sampled with the labels (and upper codes) of the batch's first window, decoded to audio."""
+        tokens, y, upper = model_inputs
+        generator = torch.Generator(device).manual_seed(step)  # leaves the training RNG untouched
+        sampled = model.sample(1, y[:1], None if upper is None else upper[:1], generator=generator)  # (1, N)
+        write_audio(f"{prefix}_sample.wav", encoder.decode(sampled, level), cfg.sample_rate)
+        write_audio(f"{prefix}_data.wav", encoder.decode(tokens[:1], level), cfg.sample_rate)
+    return model, cfg, dataset, inputs, listen
+
+
+def write_audio(path, audio, sample_rate):
+    """(1, T, 1) float -> a 16-bit wav, clipped to [-1, 1]."""
+    sf.write(path, audio[0, :, 0].clamp(-1, 1).float().cpu().numpy(), sample_rate, subtype="PCM_16")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,6 +363,9 @@ def train(args, rank, local_rank, world_size, device, ddp):
     unused = {"vqvae", "lyrics"} if level is None else {"sample_length", "bandwidth_batches"}  # by the other stages
     run_config = {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS | unused}
     if ckpt is not None:
+        if "optimizer" not in ckpt or "train" not in ckpt:
+            raise UserError(f"--resume {args.resume}: holds weights but no training state (converted official "
+                            "weights?); --resume needs a checkpoint written by train.py")
         for key, old in ckpt["train"].items():
             if key not in RESUMABLE_FLAGS and run_config.get(key) != old:
                 flag = "--" + key.replace("_", "-")
@@ -357,7 +381,7 @@ def train(args, rank, local_rank, world_size, device, ddp):
     def dataset_for(sample_rate, sample_length, **seconds):
         return make_dataset(args, sample_rate, sample_length, **seconds)
     setup = setup_vqvae_stage if level is None else setup_prior_stage
-    model, cfg, dataset, inputs = setup(args, ckpt, dataset_for, device)
+    model, cfg, dataset, inputs, listen = setup(args, ckpt, dataset_for, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
                                   weight_decay=args.weight_decay)
@@ -466,7 +490,9 @@ def train(args, rank, local_rank, world_size, device, ddp):
             with torch.no_grad():
                 for n, p in model.named_parameters():
                     ema[n].lerp_(p.detach().float(), 1.0 - args.ema_decay)
-        parts["grad_norm"] = float(grad_norm)
+        parts["grad_norm"] = float(grad_norm)  # before clipping; inf on the fp16 steps the GradScaler skips
+        if scaler.is_enabled():
+            parts["loss_scale"] = scaler.get_scale()
 
         # Progress: the interval's mean of every figure, printed and appended to metrics.jsonl.
         for k, v in parts.items():
@@ -484,6 +510,11 @@ def train(args, rank, local_rank, world_size, device, ddp):
                 f.write(json.dumps(row) + "\n")
             print(progress_line(row, args.steps, level is not None), flush=True)
             t_last, steps_since, sums = now, 0, {}
+        if master and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
+            model.eval()  # rank 0 alone; no collectives inside, the other ranks go on to the next step
+            with torch.no_grad():
+                listen(model, model_inputs, os.path.join(args.out, f"step_{done:07d}"), done)
+            model.train()
         if done % args.save_every == 0 or done == args.steps:
             checkpoint(done)
 
@@ -502,6 +533,8 @@ def main(argv=None):
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls/convs on tensor cores (nanoGPT does the same)
+        torch.backends.cudnn.allow_tf32 = True
     if ddp:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import soundfile as sf
 import torch
 
 import data
@@ -64,7 +65,8 @@ def toy(tmp_path_factory):
 def vq_run(toy, tmp_path_factory):
     """A 4-step VQ-VAE run with checkpoints at steps 2 and 4; the frozen VQ-VAE of the prior tests."""
     out = tmp_path_factory.mktemp("runs") / "vqvae"
-    run(*VQ, *FAST, "--batch-size", 1, "--data", toy / "one", "--out", out, "--steps", 4, "--save-every", 2)
+    run(*VQ, *FAST, "--batch-size", 1, "--data", toy / "one", "--out", out, "--steps", 4, "--save-every", 2,
+        "--sample-every", 4)
     return out
 
 
@@ -73,7 +75,9 @@ def test_vqvae_learns_and_writes_a_complete_checkpoint(vq_run):
     losses = [row["loss"] for row in rows]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     assert rows[-1]["usage_l0"] > 0 and rows[-1]["samples_per_s"] > 0 and "eta_s" in rows[-1]
-    assert sorted(os.listdir(vq_run)) == ["ckpt_0000002.pt", "ckpt_0000004.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(vq_run)) == ["ckpt_0000002.pt", "ckpt_0000004.pt", "metrics.jsonl", "step_0000004_input.wav",
+                                          "step_0000004_recon_l0.wav", "step_0000004_recon_l1.wav",
+                                          "step_0000004_recon_l2.wav"]
 
     ckpt = load(vq_run / "ckpt_0000004.pt")  # weights_only: nothing but plain data and tensors
     assert {"stage", "step", "config", "model", "ema", "optimizer", "scaler", "rng", "data_position"} <= set(ckpt)
@@ -100,7 +104,7 @@ def test_vqvae_resume_continues_exactly(toy, vq_run, tmp_path):
 def test_prior_stage_learns(toy, vq_run, tmp_path, stage, lyrics):
     out = tmp_path / stage
     run("--stage", stage, "--lyrics", lyrics, *FAST, "--data", toy / "one", "--vqvae", vq_run, "--out", out,
-        "--steps", 3, "--lr", "3e-3")
+        "--steps", 3, "--lr", "3e-3", "--sample-every", 3)
     rows = metrics(out)
     assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
     assert rows[-1]["tokens_per_s"] > 0
@@ -108,6 +112,8 @@ def test_prior_stage_learns(toy, vq_run, tmp_path, stage, lyrics):
     cfg = train.prior.PriorConfig(**ckpt["config"])
     assert (ckpt["stage"], cfg.level, cfg.lyrics, cfg.codebook_size) == (stage, train.STAGE_LEVEL[stage], lyrics, 256)
     train.prior.Prior(cfg).load_state_dict(ckpt["ema"])
+    sampled, rate = sf.read(out / "step_0000003_sample.wav")
+    assert rate == cfg.sample_rate and len(sampled) == cfg.sample_length
 
 
 def test_two_processes_equal_one(toy, vq_run, tmp_path):
