@@ -1,25 +1,30 @@
 """Train every stage of Jukebox -- the VQ-VAE and the three priors -- on one CPU, one GPU or many, with torchrun.
 
-Paper: arXiv:2005.00341 §2.2-2.3 and §3 (what is trained), appendix B.1/B.2 (how). Facts: FACTS.md §2.5 (VQ-VAE
-losses and optimiser) and §3 (priors).
+Paper: arXiv:2005.00341 §3 (the VQ-VAE and its losses), §4 (priors and upsamplers), Appendix B (training details).
+Facts: FACTS.md §2.5 (VQ-VAE losses and optimiser) and §3 (priors).
 
     python train.py --stage vqvae --data DIR ...                       # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=8 train.py --stage top ...  # one process per GPU, DDP
 
 Stages: `vqvae` trains the 3-level VQ-VAE on raw audio; `top`, `middle`, `bottom` train the prior of level 2, 1, 0
-on the codes of a frozen VQ-VAE checkpoint (`--vqvae PATH`), encoded on the fly from the same audio windows. The
+on the codes of a frozen VQ-VAE checkpoint (`--vqvae PATH`), encoded on the fly from the audio windows. The
 upsamplers (middle, bottom) also get the codes of the level above for the same window; every prior gets the
 label vector y (timing, artist, genre, lyrics) from the optional `<stem>.json` next to each audio file.
 
 Reading order:
-  1. main()            flags, the torchrun block (RANK/LOCAL_RANK/WORLD_SIZE), user errors -> exit code 2
-  2. train()           batch arithmetic, model + data per stage, resume, the step loop
-  3. the step          micro-batches with no_sync, autocast + GradScaler, clip, Adam, parameter EMA
-  4. checkpoints       one dict, written atomically by rank 0, keep the last N, exact resume
+  1. main()                  flags, the torchrun block (RANK/LOCAL_RANK/WORLD_SIZE), user errors -> exit code 2
+  2. train()                 batch arithmetic, resume checks, model + optimizer + EMA, then the step loop:
+                             micro-batches with no_sync, autocast + GradScaler, clip, Adam, EMA, progress, saves
+  3. setup_*_stage()         what differs per stage: the model, its data window, batch -> model inputs
+  4. save/load_checkpoint()  one dict, written atomically by rank 0, keep the last N, exact resume
 
 Data order: the dataset maps a global sample counter to a window deterministically, and rank r takes samples
 step*global_batch + r*local_batch + j (j < local_batch) at each step, so N processes see exactly the samples one
 process sees, and resuming simply continues the counter (`data_position` in the checkpoint).
+
+Differences from the original, on purpose: checkpoints keep the trained weights under "model" and the parameter
+EMA under "ema" (the original saved the EMA swapped into the model); the VQ-VAE codebooks take one EMA step per
+micro-batch (the original had no gradient accumulation).
 
 Shape legend: B batch, T raw samples, N tokens of the prior's level (n_ctx), n_y length of the label vector.
 """
@@ -63,10 +68,19 @@ class UserError(Exception):
 # ----------------------------------------------------------------------------------------------------------------
 # Flags
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless there is none or its help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="train.py", description="Train a Jukebox stage (VQ-VAE or a prior); run under torchrun for DDP.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--stage", required=True, choices=list(STAGE_LEVEL),
                    help="what to train: the VQ-VAE, or the prior of level 2 (top), 1 (middle) or 0 (bottom)")
     p.add_argument("--data", required=True, help="folder of audio files, each with an optional <stem>.json "
@@ -80,7 +94,8 @@ def build_parser():
     p.add_argument("--vqvae", default=None, help="prior stages: the frozen VQ-VAE checkpoint (file, or run "
                    "folder = its newest checkpoint) whose codes the prior learns")
     p.add_argument("--resume", default=None, help="continue a run from this checkpoint (file, or run folder = "
-                   "its newest); all flags except --steps/--out/logging/--workers/--device must be the same")
+                   "its newest); hyperparameters must be those of the run, while paths (--data, --vqvae, --out), "
+                   "--steps, logging, --workers, --device and --grad-checkpoint may change")
     # optimisation
     p.add_argument("--steps", type=int, default=100_000, help="total optimizer steps of the run")
     p.add_argument("--batch-size", type=int, default=32,
@@ -424,7 +439,8 @@ def train(args, rank, local_rank, world_size, device, ddp):
         os.makedirs(args.out, exist_ok=True)
         for stray in glob.glob(os.path.join(args.out, "*.tmp")):  # left by a run killed while saving
             os.remove(stray)
-        print(f"train: {json.dumps(run_config | dict(steps=args.steps, out=args.out, data=args.data, vqvae=args.vqvae))}")
+        paths = dict(steps=args.steps, out=args.out, data=args.data, vqvae=args.vqvae)
+        print(f"train: {json.dumps(run_config | paths)}")
         print(f"model: {json.dumps(dataclasses.asdict(cfg))}")
         print(f"run: {world_size} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
               f"{args.batch_size} | {sum(p.numel() for p in params):,} parameters | {device} | "
@@ -447,10 +463,11 @@ def train(args, rank, local_rank, world_size, device, ddp):
                                    "synchronised between processes")
         if not master:
             return
+        # "ema" is a complete state dict too: averaged parameters, the model's current buffers (codebooks).
+        ema_sd = None if ema is None else {k: ema[ema_name[k]] if k in ema_name else v for k, v in sd.items()}
         ckpt = {"stage": args.stage, "step": step, "config": dataclasses.asdict(cfg), "train": run_config,
-                "model": sd, "ema": {k: ema[ema_name[k]] if k in ema_name else v for k, v in sd.items()} if ema is not None else None,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                "data_position": step * args.batch_size}
+                "model": sd, "ema": ema_sd, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng": rngs, "data_position": step * args.batch_size}
         path = save_checkpoint(ckpt, args.out, args.keep)
         print(f"saved {path}")
 
