@@ -123,3 +123,236 @@ def test_missing_and_garbage_files(tmp_path):
     junk.write_bytes(b"this is not a checkpoint at all" * 10)
     with pytest.raises(official.CheckpointError, match="not a readable checkpoint"):
         official.read_checkpoint(junk)
+
+
+# ---- released hyperparameters and the key tables of the six released files --------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS_TSV = os.path.join(ROOT, "..", "shared", "jukebox", "state_dict_keys.tsv")
+RELEASED_FILES = {  # section title in state_dict_keys.tsv -> our name, unique parameter count (FACTS §6.1)
+    "5b/vqvae.pth.tar": ("vqvae", 1_878_979),
+    "5b/prior_level_0.pth.tar (upsampler_level_0)": ("upsampler_level_0", 981_298_176),
+    "5b/prior_level_1.pth.tar (upsampler_level_1)": ("upsampler_level_1", 981_298_176),
+    "5b/prior_level_2.pth.tar (prior_5b)": ("5b", 5_060_452_800),
+    "5b_lyrics/prior_level_2.pth.tar (prior_5b_lyrics)": ("5b_lyrics", 5_640_506_800),
+    "1b_lyrics/prior_level_2.pth.tar (prior_1b_lyrics)": ("1b_lyrics", 942_643_200),
+}
+
+
+def released_key_tables():
+    tables, section = {}, None
+    with open(KEYS_TSV) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("### "):
+                section = tables.setdefault(line[4:], [])
+            elif line and not line.startswith("#"):
+                key, shape, _dtype = line.split("\t")
+                section.append((key, tuple(int(n) for n in shape.strip("()").split(",") if n.strip())))
+    return tables
+
+
+def test_released_hparams_give_our_presets():
+    import prior
+    import vqvae
+    assert official.vqvae_config("vqvae") == vqvae.preset("jukebox")
+    for name in prior.RELEASED:
+        assert official.prior_config(name) == prior.preset(name), name
+    assert official.prior_config("prior_1b_lyrics") == prior.preset("1b_lyrics")
+    with pytest.raises(official.CheckpointError, match="unknown official model"):
+        official.hparams("6b")
+    with pytest.raises(official.CheckpointError, match="unsupported official hyperparameters m_mlp=4.0"):
+        official.prior_config({**official.HPARAMS["5b"], "m_mlp": 4.0})
+
+
+@pytest.mark.skipif(not os.path.exists(KEYS_TSV), reason="shared/jukebox/state_dict_keys.tsv not beside the repo")
+def test_every_released_key_maps_once_onto_our_full_size_models():
+    import prior
+    import vqvae
+    tables = released_key_tables()
+    assert set(tables) == set(RELEASED_FILES)
+    for section, (name, n_params) in RELEASED_FILES.items():
+        official_keys = dict(tables[section])
+        assert len(official_keys) == len(tables[section])  # no key listed twice
+        with torch.device("meta"):
+            if name == "vqvae":
+                model = vqvae.VQVAE(official.vqvae_config(name))
+                rename, derived = official.vqvae_key, official.VQVAE_DERIVED
+            else:
+                model = prior.Prior(official.prior_config(name))
+                rename, derived = official.prior_key, ()
+        ours = model.state_dict()
+        mapped = official.map_state_dict(official_keys, ours, rename, derived, section)
+        # every official key used once, every one of our parameters covered, same shapes (checked inside)
+        assert len(mapped) == len(official_keys)
+        covered = {id(p) for k, p in model.named_parameters(remove_duplicate=False) if k in mapped}
+        assert covered == {id(p) for p in model.parameters()}
+        saved_buffers = sum(b.numel() for k, b in model.named_buffers() if k in mapped)  # the codebooks
+        assert sum(p.numel() for p in model.parameters()) + saved_buffers == n_params, name
+
+
+# ---- small official-format checkpoints written here: load, round trip, refusals ---------------------------
+# Our key -> the original's, written independently of official.py's tables (so the two check each other).
+TO_OFFICIAL_VQVAE = (
+    (r"^codebooks\.(\d+)\.embeddings$", r"bottleneck.level_blocks.\1.k"),
+    (r"^decoders\.(\d+)\.output\.", r"decoders.\1.out."),
+    (r"^(encoders|decoders)\.(\d+)\.blocks\.", r"\1.\2.level_blocks."),
+)
+TO_OFFICIAL_PRIOR = (
+    (r"^transformer\.token_embedding\.", "prior.x_emb."),
+    (r"^transformer\.lm_head\.", "prior.x_out."),
+    (r"^transformer\.pos_embedding$", "prior.pos_emb.pos_emb"),
+    (r"^transformer\.blocks\.", "prior.transformer._attn_mods."),
+    (r"^lyric_encoder\.transformer\.start_token$", "prime_prior.start_token"),
+    (r"^lyric_encoder\.transformer\.token_embedding\.", "prime_prior.x_emb."),
+    (r"^lyric_encoder\.transformer\.pos_embedding$", "prime_prior.pos_emb.pos_emb"),
+    (r"^lyric_encoder\.transformer\.blocks\.", "prime_prior.transformer._attn_mods."),
+    (r"^lyric_encoder\.proj\.", "prime_state_proj."),
+    (r"^lyric_encoder\.norm\.", "prime_state_ln."),
+    (r"^lyric_encoder\.out\.", "prime_x_out."),
+    (r"^labels\.artist_embedding\.", "y_emb.artist_emb.emb."),
+    (r"^labels\.genre_embedding\.", "y_emb.bow_genre_emb.emb."),
+    (r"^labels\.total_length_embedding\.", "y_emb.total_length_emb.emb."),
+    (r"^labels\.absolute_position_embedding\.", "y_emb.absolute_pos_emb.emb."),
+    (r"^labels\.relative_position_embedding\.", "y_emb.relative_pos_emb.emb."),
+    (r"^conditioner\.token_embedding\.", "conditioner_blocks.0.x_emb."),
+    (r"^conditioner\.convs\.0\.", "conditioner_blocks.0.cond.model.0."),
+    (r"^conditioner\.convs\.(\d+)\.resnet\.(\d+)\.conv_dilated\.", r"conditioner_blocks.0.cond.model.\1.0.blocks.\2.model.1."),
+    (r"^conditioner\.convs\.(\d+)\.resnet\.(\d+)\.conv_1x1\.", r"conditioner_blocks.0.cond.model.\1.0.blocks.\2.model.3."),
+    (r"^conditioner\.convs\.(\d+)\.upsample\.", r"conditioner_blocks.0.cond.model.\1.1."),
+    (r"^conditioner\.norm\.", "conditioner_blocks.0.ln."),
+)
+
+
+def to_official(model, table, extra=()):
+    import re
+    out = collections.OrderedDict()
+    for key, value in model.state_dict().items():
+        for pattern, repl in table:
+            if re.match(pattern, key):
+                new = re.sub(pattern, repl, key)
+                for a, b in extra:
+                    new = new.replace(a, b)
+                out[new] = value.clone()
+                break
+    return out
+
+
+TINY_VQVAE = {**official.HPARAMS["vqvae"], "width": 16, "depth": 2, "l_bins": 256, "emb_width": 32}
+_TINY = dict(n_ctx=64, prior_width=32, prior_depth=3, heads=2, attn_order=2, blocks=8, init_scale=1.0,
+             y_bins=(10, 20), t_bins=16, max_bow_genre_size=2, n_vocab=80,
+             l_bins=512, downs_t=(1, 1), strides_t=(2, 2), levels=2)  # the misleading VQ-VAE defaults in saved hps
+TINY_PRIORS = {
+    "upsampler": dict(_TINY, level=1, cond_width=24, cond_depth=3, cond_dilation_growth_rate=3,
+                      cond_dilation_cycle=2, cond_res_scale=True, cond_c_res=1),
+    "5b_lyrics-like": dict(_TINY, level=2, prior_depth=4, attn_order=6, merged_decoder=True, use_tokens=True,
+                           n_tokens=16, prime_width=24, prime_depth=2, prime_heads=2, prime_attn_order=2,
+                           prime_blocks=4, prime_init_scale=0.7, min_duration=0.5, max_duration=10.0,
+                           fp16_params=True),
+    "1b_lyrics-like": dict(_TINY, level=2, n_ctx=48, prior_width=16, prior_depth=16, attn_order=12,
+                           single_enc_dec=True, use_tokens=True, n_tokens=16, n_vocab=79, labels_v3=True,
+                           y_bins=(12, 30), max_bow_genre_size=1, min_duration=0.5, max_duration=10.0),
+}
+
+
+@torch.no_grad()
+def randomize(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():  # every value random: zero-inits and LayerNorm ones could hide a bad mapping
+        p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def official_file(path, model_sd, hps, fmt):
+    save({"hps": Hyperparams(**hps), "model": model_sd, "opt": None, "step": 3}, path, fmt)
+
+
+def inputs(config, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, config.codebook_size, (2, config.n_ctx), generator=g)
+    upper = None if config.is_top else torch.randint(0, config.codebook_size, (2, config.n_ctx // 4), generator=g)
+    sr = config.sample_rate
+    y = torch.tensor([[int(5 * sr), int(1.5 * sr) + 7, config.sample_length, 3, 1, -1][: config.n_labels],
+                      [int(8 * sr), 11, config.sample_length, 19, 2, 0][: config.n_labels]])
+    lyrics = torch.randint(0, config.lyric_vocab, (2, config.y_length - config.n_labels), generator=g)
+    return tokens, torch.cat([y, lyrics], 1), upper
+
+
+@pytest.mark.parametrize("name,fmt", [("upsampler", "legacy"), ("5b_lyrics-like", "zip"), ("1b_lyrics-like", "legacy")])
+def test_official_prior_file_round_trip(tmp_path, name, fmt):
+    import prior
+    hp = TINY_PRIORS[name]
+    config = official.prior_config(hp, TINY_VQVAE)
+    assert config.codebook_size == 256 and config.hop_lengths == (8, 32, 128)  # from the VQ-VAE, not hps
+    model = prior.Prior(config).eval()
+    randomize(model)
+    sd = to_official(model, TO_OFFICIAL_PRIOR)
+    if hp.get("fp16_params"):  # jukebox: the 5b files keep Conv1D w in float16
+        sd = collections.OrderedDict((k, v.half() if k.endswith(".w") else v) for k, v in sd.items())
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                if k.endswith(".w"):
+                    p.copy_(p.half().float())
+    path = tmp_path / "prior_level_2.pth.tar"
+    official_file(path, sd, hp, fmt)
+    loaded = official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
+    assert loaded.config == config and not loaded.training
+    ours = model.state_dict()
+    assert loaded.state_dict().keys() == ours.keys()
+    assert all(torch.equal(loaded.state_dict()[k], ours[k]) for k in ours)
+    if not config.merged_decoder:
+        assert loaded.transformer.lm_head.weight is loaded.transformer.token_embedding.weight
+    tokens, y, upper = inputs(config)
+    want = official.forward(model, tokens, y, upper)
+    assert want.shape == (2, config.seq_len, config.vocab_size)
+    assert torch.equal(official.forward(loaded, tokens, y, upper), want)
+    half = official.load_prior(path, hp, dtype=torch.bfloat16, vqvae_hparams=TINY_VQVAE)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_official_vqvae_file_round_trip(tmp_path):
+    import vqvae
+    config = official.vqvae_config(TINY_VQVAE)
+    assert config == vqvae.preset("tiny")
+    model = vqvae.VQVAE(config).eval()
+    randomize(model, seed=1)
+    with torch.no_grad():
+        for codebook in model.codebooks:
+            codebook.embeddings.normal_()
+    path = tmp_path / "vqvae.pth.tar"
+    sd = to_official(model, TO_OFFICIAL_VQVAE, extra=((".layers.", ".model."),))
+    assert all(not k.startswith("codebooks") and "ema" not in k for k in sd)
+    official_file(path, collections.OrderedDict(("module." + k, v) for k, v in sd.items()), TINY_VQVAE, "legacy")
+    loaded = official.load_vqvae(path, TINY_VQVAE)
+    for k, v in model.state_dict().items():
+        if "ema" not in k and "initialized" not in k:
+            assert torch.equal(loaded.state_dict()[k], v), k
+    for codebook in loaded.codebooks:  # EMA state rebuilt from the codes, as the original's restore_k
+        assert torch.equal(codebook.ema_sums, codebook.embeddings) and bool(codebook.initialized)
+        assert torch.equal(codebook.ema_counts, torch.ones(config.codebook_size))
+    audio = torch.randn(2, 512, 1)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.encode(audio), model.encode(audio)))
+
+
+def test_file_that_does_not_fit_is_refused_with_the_keys(tmp_path):
+    import prior
+    hp = TINY_PRIORS["upsampler"]
+    model = prior.Prior(official.prior_config(hp, TINY_VQVAE))
+    sd = to_official(model, TO_OFFICIAL_PRIOR)
+    path = tmp_path / "p.pth.tar"
+
+    def refused(state, *expected):
+        official_file(path, state, hp, "zip")
+        with pytest.raises(official.CheckpointError) as err:
+            official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+        for text in expected:
+            assert text in str(err.value)
+
+    refused({k: v for k, v in sd.items() if k != "prior.pos_emb.pos_emb"}, "1 missing", "transformer.pos_embedding")
+    refused({**sd, "prior.extra.w": torch.zeros(1)}, "1 unexpected", "prior.extra.w")
+    refused({**sd, "conditioner_blocks.0.ln.bias": torch.zeros(7)}, "1 wrong shape", "conditioner_blocks.0.ln.bias (7,)")
+    other = prior.Prior(official.prior_config(TINY_PRIORS["5b_lyrics-like"], TINY_VQVAE))  # the wrong model
+    with pytest.raises(official.CheckpointError, match="missing.*unexpected"):
+        official.map_state_dict(sd, other.state_dict(), official.prior_key, (), "upsampler file")
+    save({"hps": {}, "weights": sd}, path, "zip")
+    with pytest.raises(official.CheckpointError, match="no 'model' state dict"):
+        official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
