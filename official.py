@@ -1,4 +1,4 @@
-"""Load OpenAI's released Jukebox checkpoints (arXiv:2005.00341, §5 and the model release) into our modules.
+"""Load OpenAI's released Jukebox checkpoints (the models of arXiv:2005.00341 §3-4, as released) into ours.
 
 This is the one file that knows the original's names: its hyperparameter names (`l_bins`, `prior_width`,
 `attn_order`, ...) and its state_dict keys (`prior.transformer._attn_mods.3.attn.c_attn.w`, ...).
@@ -9,8 +9,12 @@ Reading order:
   3. vqvae_config / prior_config: official hyperparameters -> our VQVAEConfig / PriorConfig.
   4. key mapping official <-> ours, load_vqvae / load_prior, and forward() for parity checks.
 
-The released files are pickles written by `torch.save` (torch 1.4, legacy non-zip format) holding
-{'hps': ..., 'model': state_dict, 'opt': ..., 'step': ...}; see shared/jukebox/FACTS.md §6.
+The released files are pickles written by `torch.save` holding {'hps': ..., 'model': state_dict, 'opt': ...,
+'step': ...} (shared/jukebox/FACTS.md §6). They were made with torch 1.4, so presumably in the legacy non-zip
+format; both formats load.
+
+Shapes (forward): B batch, T music tokens of a window (n_ctx), L transformer sequence (T, or lyric tokens + T
+for 1b_lyrics), V vocabulary (codebook size, or lyric characters + codebook size for 1b_lyrics).
 """
 import _compat_pickle
 import pickle
@@ -464,7 +468,10 @@ def _load_into(model, mapped, dtype, path):
     first = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         ties[name] = first.setdefault(id(p), name)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in mapped.items()}
+    state = {}
+    for key in list(mapped):  # convert one tensor at a time, dropping the file's copy as we go (peak memory)
+        value = mapped.pop(key)
+        state[key] = value.to(dtype) if value.is_floating_point() else value
     model.load_state_dict(state, strict=False, assign=True)
     for name, owner in ties.items():  # assign=True gave each name its own Parameter: tie them again
         if name != owner:
