@@ -17,6 +17,7 @@ Shapes (forward): B batch, T music tokens of a window (n_ctx), L transformer seq
 for 1b_lyrics), V vocabulary (codebook size, or lyric characters + codebook size for 1b_lyrics).
 """
 import _compat_pickle
+import os
 import pickle
 import re
 import zipfile
@@ -516,6 +517,21 @@ def load_prior(path, name_or_hparams, dtype=torch.float32, vqvae_hparams=None):
         model = Prior(config)
     mapped = map_state_dict(_official_state_dict(path), model.state_dict(), prior_key, (), str(path))
     return _load_into(model, mapped, dtype, path).eval()
+
+
+def release_files(directory, model):
+    """Where one released model's files lie under `directory`, laid out like the download (MODELS):
+    {"vqvae": (path, hparams name), 0: ..., 1: ..., 2: ...}. Raises CheckpointError naming the first missing
+    file and its download URL."""
+    if model not in MODELS:
+        raise CheckpointError(f"unknown released model {model!r}; choose one of {', '.join(MODELS)}")
+    files = {}
+    for part, (relative, name) in MODELS[model].items():
+        path = os.path.join(directory, relative)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: missing; download {REMOTE_PREFIX}{relative} to that path")
+        files[part] = (path, name)
+    return files
 
 
 @torch.no_grad()

@@ -356,3 +356,19 @@ def test_file_that_does_not_fit_is_refused_with_the_keys(tmp_path):
     save({"hps": {}, "weights": sd}, path, "zip")
     with pytest.raises(official.CheckpointError, match="no 'model' state dict"):
         official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
+
+
+def test_release_files_follow_the_download_layout(tmp_path):
+    with pytest.raises(official.CheckpointError, match="5b/vqvae.pth.tar: missing; download https://"):
+        official.release_files(tmp_path, "1b_lyrics")
+    for relative in ("5b/vqvae.pth.tar", "5b/prior_level_0.pth.tar", "5b/prior_level_1.pth.tar",
+                     "1b_lyrics/prior_level_2.pth.tar"):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    files = official.release_files(tmp_path, "1b_lyrics")
+    assert files[2] == (str(tmp_path / "1b_lyrics/prior_level_2.pth.tar"), "1b_lyrics")
+    assert [files[k][1] for k in ("vqvae", 0, 1)] == ["vqvae", "upsampler_level_0", "upsampler_level_1"]
+    with pytest.raises(official.CheckpointError, match="5b_lyrics/prior_level_2.pth.tar: missing"):
+        official.release_files(tmp_path, "5b_lyrics")
+    with pytest.raises(official.CheckpointError, match="unknown released model"):
+        official.release_files(tmp_path, "7b")
