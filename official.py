@@ -262,7 +262,7 @@ MODELS = {
 }
 
 
-def hparams(name_or_hparams):
+def official_hparams(name_or_hparams):
     """A released set by name ('vqvae', 'upsampler_level_0', '5b', 'prior_5b', ...) as a fresh dict, or a
     dict of official hparams passed through (missing prior keys take the original's defaults)."""
     if isinstance(name_or_hparams, str):
@@ -286,18 +286,10 @@ def _unsupported(hp, allowed, what):
                               f"(only the released models' values are implemented)")
 
 
-def _hop_lengths(hp):
-    hops, hop = [], 1
-    for down, stride in zip(hp["downs_t"], hp["strides_t"]):
-        hop *= stride ** down
-        hops.append(hop)
-    return tuple(hops)
-
-
-def vqvae_config(hparams_=None):
+def vqvae_config(hparams=None):
     """Official VQ-VAE hparams (a name or dict; missing keys = the released values) -> vqvae.VQVAEConfig."""
     from vqvae import VQVAEConfig
-    hp = {**VQVAE_HPARAMS, **hparams(hparams_ or "vqvae")}
+    hp = {**VQVAE_HPARAMS, **official_hparams(hparams or "vqvae")}
     _unsupported(hp, {"m_conv": (1.0,), "dilation_cycle": (None,), "use_bottleneck": (True,),
                       "loss_fn": ("lmix", "l2"), "lmix_l1": (0.0, 0)}, "vqvae")
     if hp["levels"] != len(hp["downs_t"]):
@@ -315,19 +307,18 @@ def vqvae_config(hparams_=None):
     )
 
 
-def prior_config(hparams_, vqvae_hparams=None):
+def prior_config(hparams, vqvae_hparams=None):
     """Official prior hparams (a released name, or a dict; missing keys = the original's defaults) and the
     VQ-VAE's (default: the released one, which every released prior uses) -> prior.PriorConfig."""
     from prior import PriorConfig
-    vq = {**VQVAE_HPARAMS, **hparams(vqvae_hparams or "vqvae")}
-    hp = {**_PRIOR_DEFAULTS, **hparams(hparams_)}
+    hp = {**_PRIOR_DEFAULTS, **official_hparams(hparams)}
     # jukebox: codebook size and hops come from the VQ-VAE, whatever the prior's own hps say
-    hp.update({k: vq[k] for k in ("l_bins", "downs_t", "strides_t")})
+    vq = vqvae_config(vqvae_hparams)
     _unsupported(hp, {"m_attn": (0.25,), "m_mlp": (1.0, 1), "spread": (None,), "pos_init": (False,),
                       "res_scale": (False,), "labels": (True,), "copy_input": (False,), "cond_m_conv": (1.0, 1),
                       "prime_m_attn": (0.25,), "prime_m_mlp": (1.0, 1), "prime_pos_init": (False,),
                       "prime_res_scale": (False,)}, "prior")
-    levels, top = len(hp["downs_t"]), hp["level"] == len(hp["downs_t"]) - 1
+    top = hp["level"] == vq.levels - 1
     if hp["single_enc_dec"]:
         lyrics = "merged"          # 1b_lyrics: lyrics and music in one sequence
     elif hp["use_tokens"] and hp["n_tokens"]:
@@ -335,7 +326,7 @@ def prior_config(hparams_, vqvae_hparams=None):
     else:
         lyrics = "none"
     cfg = dict(
-        level=hp["level"], n_ctx=hp["n_ctx"], codebook_size=hp["l_bins"], hop_lengths=_hop_lengths(hp),
+        level=hp["level"], n_ctx=hp["n_ctx"], codebook_size=vq.codebook_size, hop_lengths=vq.hop_lengths,
         width=hp["prior_width"], depth=hp["prior_depth"], heads=hp["heads"], attn_order=hp["attn_order"],
         blocks=hp["blocks"], init_scale=hp["init_scale"], merged_decoder=bool(hp["merged_decoder"]),
         n_genres=hp["y_bins"][0], n_artists=hp["y_bins"][1], max_genres=hp["max_bow_genre_size"],
@@ -344,6 +335,8 @@ def prior_config(hparams_, vqvae_hparams=None):
         prime_loss_fraction=hp["prime_loss_fraction"],
     )
     if top:  # timing embeddings: only the top level has them
+        if hp["min_duration"] is None or hp["max_duration"] is None:
+            raise CheckpointError("prior: a top-level prior needs min_duration and max_duration (seconds)")
         cfg.update(min_duration=hp["min_duration"], max_duration=hp["max_duration"])
     else:    # the Conditioner on the codes of the level above
         cfg.update(cond_width=hp["cond_width"], cond_depth=hp["cond_depth"],
@@ -354,7 +347,6 @@ def prior_config(hparams_, vqvae_hparams=None):
         cfg.update(encoder_width=hp["prime_width"], encoder_depth=hp["prime_depth"],
                    encoder_heads=hp["prime_heads"], encoder_attn_order=hp["prime_attn_order"],
                    encoder_blocks=hp["prime_blocks"], encoder_init_scale=hp["prime_init_scale"])
-    assert levels == len(cfg["hop_lengths"])
     return PriorConfig(**cfg)
 
 
@@ -424,6 +416,10 @@ def prior_key(key):
     return _rename(key, PRIOR_RENAMES)
 
 
+def _shape(value):  # a tensor, or a shape tuple as in state_dict_keys.tsv
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
 def map_state_dict(official, ours, rename, derived=(), source="checkpoint"):
     """Rename an official state dict onto our keys and check it covers `ours` exactly.
 
@@ -432,7 +428,6 @@ def map_state_dict(official, ours, rename, derived=(), source="checkpoint"):
     same shape, and every key of ours must be covered, except those matching a `derived` pattern.
     Raises CheckpointError listing the offending keys.
     """
-    shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v)  # noqa: E731
     mapped, unexpected, wrong_shape, sources = {}, [], [], {}
     for key, value in official.items():
         key = key[len("module."):] if key.startswith("module.") else key  # DDP-wrapped saves
@@ -440,8 +435,8 @@ def map_state_dict(official, ours, rename, derived=(), source="checkpoint"):
         if target is None or target not in ours or target in mapped:
             unexpected.append(key + (f" (-> {target}, already from {sources[target]})" if target in mapped else ""))
             continue
-        if shape(value) != shape(ours[target]):
-            wrong_shape.append(f"{key} {shape(value)} vs ours {shape(ours[target])}")
+        if _shape(value) != _shape(ours[target]):
+            wrong_shape.append(f"{key} {_shape(value)} vs ours {_shape(ours[target])}")
             continue
         mapped[target], sources[target] = value, key
     missing = [k for k in ours if k not in mapped and not any(re.match(p, k) for p in derived)]
@@ -485,11 +480,11 @@ def _load_into(model, mapped, dtype, path):
     return model
 
 
-def load_vqvae(path, hparams_=None):
+def load_vqvae(path, hparams=None):
     """An official VQ-VAE file (e.g. 5b/vqvae.pth.tar) -> our VQVAE in eval mode, float32, on the CPU.
-    hparams_: a name or dict of official hyperparameters (default: the released 'vqvae')."""
+    hparams: a name or dict of official hyperparameters (default: the released 'vqvae')."""
     from vqvae import VQVAE
-    config = vqvae_config(hparams_ or "vqvae")
+    config = vqvae_config(hparams)
     with torch.device("meta"):
         model = VQVAE(config)
     mapped = map_state_dict(_official_state_dict(path), model.state_dict(), vqvae_key, VQVAE_DERIVED, str(path))

@@ -159,7 +159,7 @@ def test_released_hparams_give_our_presets():
         assert official.prior_config(name) == prior.preset(name), name
     assert official.prior_config("prior_1b_lyrics") == prior.preset("1b_lyrics")
     with pytest.raises(official.CheckpointError, match="unknown official model"):
-        official.hparams("6b")
+        official.official_hparams("6b")
     with pytest.raises(official.CheckpointError, match="unsupported official hyperparameters m_mlp=4.0"):
         official.prior_config({**official.HPARAMS["5b"], "m_mlp": 4.0})
 
