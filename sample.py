@@ -91,6 +91,7 @@ def sample_level(prior, codes, level, total, samples_per_token, y, settings, upp
         if upper is not None:
             assert start % upper_ratio == 0 and end % upper_ratio == 0, "upsampler windows align with the level above"
             window_upper = upper[:, start // upper_ratio:end // upper_ratio]  # (B, (end - start) / ratio)
+            assert window_upper.shape[1] * upper_ratio == end - start, "too few codes in the level above"
         y_window = window_labels(y, start, n_ctx, samples_per_token)
         new = []
         for rows in torch.arange(batch).split(settings.batch_size):  # jukebox: max_batch_size per call
