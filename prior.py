@@ -609,9 +609,9 @@ class Prior(nn.Module):
                chunk_size=32, generator=None, dtype=None, mask_lyric_ids=False, return_logits=False):
         """Sample codes (n, sample_tokens), starting with `prime` (n, P) if given.
 
-        The prime is pushed through the transformer in chunks of chunk_size to fill the attention caches;
-        then each new token costs one cached step per layer. sample_tokens defaults to the whole window
-        (n_ctx). dtype: torch.float16 / bfloat16 runs the blocks in that precision (the released sampling
+        The prime is pushed through the transformer in chunks of chunk_size (None: all at once) to fill the
+        attention caches; then each new token costs one cached step per layer. sample_tokens defaults to the
+        whole window (n_ctx). dtype: torch.float16 / bfloat16 runs the blocks in that precision (the released sampling
         used float16). generator: a torch.Generator, for reproducible samples.
 
         "merged" (1b_lyrics): the lyric characters in y are the first part of the prime. jukebox: the merged
@@ -632,6 +632,7 @@ class Prior(nn.Module):
         prev[:, 1:seq_prime.shape[1] + 1] = seq_prime
         all_logits = []
         self.reset_cache()
+        chunk_size = chunk_size or max(seq_prime.shape[1], 1)      # None: the whole prime in one pass
         for position in range(0, seq_prime.shape[1], chunk_size):   # prefill: fill the caches with the prime
             end = min(position + chunk_size, seq_prime.shape[1])
             logits = self._run(prev[:, position:end], start, cond, encoder_kv, position, sample=True, dtype=dtype)

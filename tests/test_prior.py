@@ -133,6 +133,8 @@ def test_sampling_is_reproducible_with_a_generator():
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
     assert torch.equal(draw(5, top_k=3), draw(5, top_k=3))
+    prime = draw(2)[:, :10]  # the prefill's chunking does not change the draw
+    assert torch.equal(draw(3, prime=prime, chunk_size=None), draw(3, prime=prime, chunk_size=3))
 
 
 def test_reduced_precision_sampling_runs_close_to_float32():
