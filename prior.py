@@ -22,7 +22,6 @@ prior, `preset("tiny", level=1)` an upsampler, and `lyrics="encoder"` / `"merged
 1b_lyrics-style lyric conditioning to a top prior.
 """
 import math
-import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -171,46 +170,6 @@ def preset(name, level=None, lyrics="none"):
     if lyrics not in ("none", "encoder", "merged") or (lyrics != "none" and level != 2):
         raise ValueError(f"lyrics={lyrics!r} needs level 2 and one of 'none', 'encoder', 'merged'")
     return _cpu(name, level, lyrics)
-
-
-# ---- official checkpoint names ------------------------------------------------------------------------
-# Official state_dict key -> ours, applied in order with re.sub (one rule matches each key). Every official
-# key of the five released priors maps to exactly one of our keys with the same shape (tested against
-# ../shared/jukebox/state_dict_keys.tsv). Conv1D keeps its official `w` (n_in, n_out) and `b`. Tied output
-# layers appear under both names in both dicts (x_emb/x_out, token_embedding/lm_head).
-OFFICIAL_RENAMES = (
-    (r"^prior\.x_emb\.", "transformer.token_embedding."),
-    (r"^prior\.x_out\.", "transformer.lm_head."),
-    (r"^prior\.pos_emb\.pos_emb$", "transformer.pos_embedding"),
-    (r"^prior\.transformer\._attn_mods\.", "transformer.blocks."),
-    (r"^prime_prior\.start_token$", "lyric_encoder.transformer.start_token"),
-    (r"^prime_prior\.x_emb\.", "lyric_encoder.transformer.token_embedding."),
-    (r"^prime_prior\.pos_emb\.pos_emb$", "lyric_encoder.transformer.pos_embedding"),
-    (r"^prime_prior\.transformer\._attn_mods\.", "lyric_encoder.transformer.blocks."),
-    (r"^prime_state_proj\.", "lyric_encoder.proj."),
-    (r"^prime_state_ln\.", "lyric_encoder.norm."),
-    (r"^prime_x_out\.", "lyric_encoder.out."),
-    (r"^y_emb\.artist_emb\.emb\.", "labels.artist_embedding."),
-    (r"^y_emb\.bow_genre_emb\.emb\.", "labels.genre_embedding."),
-    (r"^y_emb\.total_length_emb\.emb\.", "labels.total_length_embedding."),
-    (r"^y_emb\.absolute_pos_emb\.emb\.", "labels.absolute_position_embedding."),
-    (r"^y_emb\.relative_pos_emb\.emb\.", "labels.relative_position_embedding."),
-    (r"^conditioner_blocks\.0\.x_emb\.", "conditioner.token_embedding."),
-    (r"^conditioner_blocks\.0\.cond\.model\.0\.", "conditioner.convs.0."),
-    # jukebox: `.blocks.` (not `.model.`) because the official Resnet1D was built with checkpoint_res=1
-    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.1\.", r"conditioner.convs.\1.resnet.\2.conv_dilated."),
-    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.3\.", r"conditioner.convs.\1.resnet.\2.conv_1x1."),
-    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.1\.", r"conditioner.convs.\1.upsample."),
-    (r"^conditioner_blocks\.0\.ln\.", "conditioner.norm."),
-)
-
-
-def official_key(key):
-    """Our parameter name for an official checkpoint key (see OFFICIAL_RENAMES)."""
-    for pattern, ours in OFFICIAL_RENAMES:
-        if re.match(pattern, key):
-            return re.sub(pattern, ours, key)
-    raise KeyError(f"no rename rule for official key {key!r}")
 
 
 # ---- the transformer ----------------------------------------------------------------------------------
