@@ -13,6 +13,7 @@ as in the original's --hop_fraction. "samples per token" is the VQ-VAE hop lengt
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
@@ -358,6 +359,8 @@ def run(args):
     song_samples = max(song_samples, total_samples)
     for level in levels:
         config = PriorConfig(**prior_ckpts[level]["config"])
+        if config.is_top and args.song_seconds is None and not saved:  # e.g. the 5b prior knows songs >= 60 s
+            song_samples = max(song_samples, math.ceil(config.min_duration * rate))
         if level + 1 < len(hops) and level + 1 not in levels and codes[level + 1].shape[1] * hops[level + 1] < total_samples:
             raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
         if level + 1 < len(hops) and int(settings.hop_fraction[level] * config.n_ctx) % config.upsample_factor:
@@ -430,7 +433,7 @@ def main(argv=None):
                         "included (default 20; continue/upsample: the saved run's length)")
     parser.add_argument("--song-seconds", type=float, default=None, metavar="S", help="length of the whole song "
                         "the top prior's timing labels describe (original --total_sample_length_in_seconds; "
-                        "default: --seconds; the 5b prior knows 60-600 s)")
+                        "default: --seconds, raised to the shortest song the top prior knows, e.g. 60 s for 5b)")
     parser.add_argument("--prime-seconds", type=float, default=None, metavar="S",
                         help="use only the first S seconds of --prime")
     parser.add_argument("--n", type=int, default=1, metavar="N", help="samples to draw at once (ignored with saved codes)")

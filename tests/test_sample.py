@@ -291,3 +291,15 @@ def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit) as e:
         sample.main(["--temprature", "0.9"])
     assert e.value.code == 2
+
+
+def test_song_length_defaults_to_what_the_top_prior_knows(models, tmp_path, capsys):
+    runs, paths = models
+    ckpt = torch.load(paths["top"], weights_only=True)
+    ckpt["config"]["min_duration"] = 1.0  # like 5b's 60 s: the timing labels need a song of at least 1 s
+    torch.save(ckpt, tmp_path / "top.pt")
+    argv = ["--seconds", 0.03, "--levels", 2, "--runs", runs, "--top", tmp_path / "top.pt"]
+    code, err = run_cli(argv + ["--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    assert torch.load(tmp_path / "a" / "codes.pt", weights_only=True)["song_samples"] == 44100
+    expect_user_error(argv + ["--out", tmp_path / "b", "--song-seconds", 0.5], capsys, "--song-seconds")
