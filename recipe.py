@@ -1,0 +1,337 @@
+"""The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
+
+    python recipe.py                    # the full recipe, about 20 minutes on 2 CPU cores
+    python recipe.py --quick            # a 1-minute smoke run (what tests/test_recipe.py runs)
+
+It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
+type, called in-process: `data.py --make-toy` writes procedurally generated songs; `train.py --stage vqvae`
+trains the three-level VQ-VAE (§3); `train.py --stage top|middle|bottom` trains the three priors on its codes
+(§4); `sample.py --prime` continues the start of a held-out toy song through all three levels (§4.4). Then it
+measures what came out and prints a report:
+  - spectral convergence (dB) of each VQ-VAE level on the held-out song (the paper's Table 1 metric);
+  - bits per token of each prior on the held-out song's codes, next to its training loss and the uniform
+    and unigram baselines (a prior that learned something beats the unigram entropy);
+  - RMS and spectral flatness of the continuation, and the wall and CPU time of each stage.
+It fails loudly (exit code 1) when the continuation is silent or noise-like. Every number also goes to
+OUT/report.json.
+
+Reading order: `Sizes` (every knob of the recipe, FULL and QUICK), `run` (the stages, in order), then the
+measurements (`spectral_flatness`, `heldout_bits`, `vqvae_figures`).
+
+Shapes: audio (B, T, 1) at the model APIs, (T,) numpy in this file; codes per level (B, T_level) long.
+"""
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads make the tiny
+# models 10-50x slower. Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile  # noqa: E402
+import torch  # noqa: E402
+
+import data  # noqa: E402
+import prior  # noqa: E402
+import sample  # noqa: E402
+import train  # noqa: E402
+import vqvae  # noqa: E402
+
+STAGES = ("vqvae", "top", "middle", "bottom")
+LEVEL_OF = {"top": 2, "middle": 1, "bottom": 0}
+
+
+@dataclasses.dataclass
+class Sizes:
+    """Every knob of the recipe. Step counts are multiplied by --scale."""
+    songs: int = 8                 # toy training songs (data.py --n)
+    song_seconds: float = 10.0     # length of each (data.py --seconds)
+    heldout_seconds: float = 6.0   # the held-out song (another seed): evaluation and the prime
+    vqvae_steps: int = 200         # optimizer steps of the VQ-VAE
+    vqvae_batch: int = 4           # its batch (clips per step)
+    vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
+    prior_steps: tuple = (250, 300, 300)  # steps of the top, middle, bottom prior
+    prior_batch: tuple = (8, 16, 16)      # their batches (windows of n_ctx tokens per step)
+    lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
+    warmup: int = 20               # linear warmup steps of every stage
+    prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
+    total_seconds: float = 3.0     # prime + continuation
+    temperature: str = "0.99,0.99,0.98"  # sample.py --temperature (bottom,middle,top), its default
+    check_output: bool = True      # fail when the continuation is silent or noise-like
+
+
+FULL = Sizes()
+QUICK = Sizes(songs=2, song_seconds=3.0, heldout_seconds=2.0, vqvae_steps=3, vqvae_batch=2, vqvae_sample_length=4096,
+              prior_steps=(3, 3, 3), prior_batch=(2, 2, 2), warmup=1, prime_seconds=0.2, total_seconds=0.35,
+              check_output=False)  # a smoke run: untrained models, so the output is reported, not judged
+
+# The continuation is judged by two numbers. RMS below -50 dBFS is silence. Spectral flatness (geometric over
+# arithmetic mean of the power spectrum, 0 for a pure tone, ~0.56 for white noise with this estimator) above
+# NOISE_FLATNESS is noise; the toy songs themselves sit around 0.01-0.05.
+SILENCE_RMS = 10 ** (-50 / 20)
+NOISE_FLATNESS = 0.3
+
+
+class RecipeError(Exception):
+    """A problem the user can fix (output folder in use, bad flag): one line, exit code 2."""
+
+
+# ---- measurements ---------------------------------------------------------------------------------------
+
+def rms(audio):
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+
+
+def spectral_flatness(audio, n_fft=2048, hop=512):
+    """Mean over frames of geometric / arithmetic mean of the power spectrum (Hann STFT); frames more than 60 dB
+    below the loudest are left out so that silent gaps do not count. audio: (T,) numpy -> float in [0, 1]."""
+    x = torch.as_tensor(np.asarray(audio), dtype=torch.float64)
+    if len(x) <= n_fft // 2:
+        return float("nan")
+    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
+                      return_complex=True).abs() ** 2  # (n_fft // 2 + 1, frames)
+    energy = spec.mean(0)  # (frames,)
+    spec = spec[:, energy > energy.max() * 1e-6] + 1e-20
+    flatness = torch.exp(torch.log(spec).mean(0)) / spec.mean(0)  # (kept frames,)
+    return float(flatness.mean())
+
+
+def load_model(folder, stage, model_class, config_class):
+    """The newest checkpoint of a train.py run folder, built the way sample.py builds it (EMA if present)."""
+    path = sample.find_checkpoint(folder, stage, f"--{stage}")
+    ckpt = sample.load_checkpoint(path, stage, f"--{stage}")
+    return sample.build_model(ckpt, model_class, config_class), path
+
+
+@torch.no_grad()
+def vqvae_figures(model, audio, out_dir):
+    """Spectral convergence (dB, lower is better) of each level's reconstruction of `audio` (T,), and the
+    reconstructions written to out_dir/level_L.wav for listening."""
+    rate, top_hop = model.config.sample_rate, model.config.hop_lengths[-1]
+    x = torch.from_numpy(audio[:len(audio) // top_hop * top_hop]).view(1, -1, 1)  # (T,) -> (1, T, 1)
+    codes = model.encode(x)  # [(1, T / hop_L)] per level
+    os.makedirs(out_dir, exist_ok=True)
+    figures = {}
+    for level, level_codes in enumerate(codes):
+        x_hat = model.decode(level_codes, level)  # (1, T, 1)
+        figures[level] = vqvae.spectral_convergence(x, x_hat)
+        soundfile.write(os.path.join(out_dir, f"level_{level}.wav"), x_hat[0, :, 0].clamp(-1, 1).numpy(), rate,
+                        subtype="PCM_16")
+    return figures, codes
+
+
+@torch.no_grad()
+def heldout_bits(model, codes, meta, total_length, max_windows=16):
+    """Bits per token of a prior on the held-out song's codes: teacher-forced, non-overlapping windows of
+    n_ctx tokens, labelled as train.py labels training windows. Returns (bits, unigram entropy of the tokens)."""
+    c = model.config
+    level_codes = codes[c.level]  # (1, T_level)
+    starts = list(range(0, level_codes.shape[1] - c.n_ctx + 1, c.n_ctx))[:max_windows]
+    if not starts:
+        return float("nan"), float("nan")
+    artist, genres, lyrics = data.song_labels(meta["artist"], meta["genre"], meta["lyrics"], c.label_version)
+    tokens, ys, upper = [], [], []
+    for start in starts:
+        offset = start * c.hop_length  # window start in audio samples
+        window_lyrics = (data.lyric_window(lyrics, c.n_lyric_tokens, total_length, offset, c.sample_length)[0]
+                         if c.lyrics != "none" else ())
+        ys.append(prior.make_y(c, artist, genres, total_length, offset, window_lyrics))
+        tokens.append(level_codes[0, start:start + c.n_ctx])  # (n_ctx,)
+        if not c.is_top:
+            r = c.upsample_factor
+            upper.append(codes[c.level + 1][0, start // r:(start + c.n_ctx) // r])  # (n_ctx / r,)
+    tokens = torch.stack(tokens)  # (windows, n_ctx)
+    _, metrics = model(tokens, torch.stack(ys), torch.stack(upper) if upper else None)
+    counts = torch.bincount(tokens.flatten(), minlength=c.codebook_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(metrics["gen_loss"]), float(-(p * p.log2()).sum())
+
+
+def last_training_loss(run_dir):
+    """The mean loss of the last logged interval of a train.py run (metrics.jsonl)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return rows[-1]["loss"] if rows else float("nan")
+
+
+# ---- the recipe -----------------------------------------------------------------------------------------
+
+class Clock:
+    """Wall and process CPU seconds per stage (CPU time counts every thread, so it can exceed wall time)."""
+
+    def __init__(self):
+        self.stages = {}
+
+    def run(self, name, fn, *args):
+        wall, cpu = time.time(), time.process_time()
+        print(f"\n==== recipe: {name} ====", flush=True)
+        result = fn(*args)
+        self.stages[name] = {"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}
+        print(f"==== recipe: {name} done in {self.stages[name]['wall_s']:.0f} s ====", flush=True)
+        return result
+
+
+def train_stage(argv):
+    """train.main in-process; its user errors (exit code 2) stop the recipe with the same message."""
+    print("$ python train.py " + " ".join(argv), flush=True)
+    train.main(argv)
+
+
+def run(args, sizes):
+    out = args.out
+    toy, heldout_dir, runs = os.path.join(out, "toy"), os.path.join(out, "heldout"), os.path.join(out, "runs")
+    samples, recon = os.path.join(out, "samples"), os.path.join(out, "reconstructions")
+    clock, report = Clock(), {"sizes": dataclasses.asdict(sizes), "scale": args.scale, "threads": args.threads}
+    started = time.time()
+
+    # 1. data: toy songs to train on, and one more song (another seed) that no stage trains on
+    def make_data():
+        data.main(["--make-toy", toy, "--n", str(sizes.songs), "--seconds", str(sizes.song_seconds)])
+        data.main(["--make-toy", heldout_dir, "--n", "1", "--seconds", str(sizes.heldout_seconds), "--seed", "1"])
+    clock.run("data", make_data)
+    heldout = os.path.join(heldout_dir, "toy_000.wav")
+
+    # 2. the VQ-VAE, then 3. the priors on its codes. EMA of the weights is off: the default decay
+    # (1 - batch/8000) averages over thousands of steps and would leave these short runs near their init.
+    common = ["--lr", str(sizes.lr), "--warmup", str(sizes.warmup), "--ema-decay", "0", "--device", "cpu",
+              "--seed", str(args.seed), "--log-every", str(max(1, args.steps(sizes.vqvae_steps) // 10))]
+    clock.run("vqvae", train_stage, [
+        "--stage", "vqvae", "--data", toy, "--out", os.path.join(runs, "vqvae"), "--preset", "tiny",
+        "--steps", str(args.steps(sizes.vqvae_steps)), "--batch-size", str(sizes.vqvae_batch),
+        "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common])
+    for stage, steps, batch in zip(("top", "middle", "bottom"), sizes.prior_steps, sizes.prior_batch):
+        clock.run(stage, train_stage, [
+            "--stage", stage, "--data", toy, "--out", os.path.join(runs, stage), "--preset", "tiny",
+            "--vqvae", os.path.join(runs, "vqvae"), "--steps", str(args.steps(steps)), "--batch-size", str(batch),
+            *common])
+
+    # 4. a primed continuation through all three levels
+    sample_argv = ["--prime", heldout, "--prime-seconds", str(sizes.prime_seconds), "--seconds",
+                   str(sizes.total_seconds), "--runs", runs, "--out", samples, "--device", "cpu",
+                   "--seed", str(args.seed), "--temperature", sizes.temperature]
+    print("$ python sample.py " + " ".join(sample_argv), flush=True)
+    code = clock.run("sample", sample.main, sample_argv)
+    if code != 0:
+        raise SystemExit(code)
+
+    # 5. the figures
+    def measure():
+        vq, _ = load_model(os.path.join(runs, "vqvae"), "vqvae", vqvae.VQVAE, vqvae.VQVAEConfig)
+        rate = vq.config.sample_rate
+        audio = data.load_audio(heldout, rate)  # (T,)
+        with open(os.path.splitext(heldout)[0] + ".json") as f:
+            meta = json.load(f)
+        sc, codes = vqvae_figures(vq, audio, recon)
+        report["spectral_convergence_db"] = {f"level_{L}": v for L, v in sc.items()}
+        report["bits_per_token"] = {}
+        for stage in ("top", "middle", "bottom"):
+            model, _ = load_model(os.path.join(runs, stage), stage, prior.Prior, prior.PriorConfig)
+            bits, unigram = heldout_bits(model, codes, meta, len(audio))
+            report["bits_per_token"][stage] = {
+                "heldout": bits, "train": last_training_loss(os.path.join(runs, stage)),
+                "unigram_entropy": unigram, "uniform": math.log2(model.config.codebook_size)}
+        # the sample: the continuation only (after the prime), and the whole file of each level
+        output = {}
+        for level in (2, 1, 0):
+            wav, wav_rate = soundfile.read(os.path.join(samples, f"level_{level}", "item_0.wav"), dtype="float32")
+            prime_samples = int(sizes.prime_seconds * wav_rate) // vq.config.hop_lengths[-1] * vq.config.hop_lengths[-1]
+            continuation = wav[prime_samples:]
+            output[f"level_{level}"] = {"rms": rms(continuation), "flatness": spectral_flatness(continuation)}
+        output["heldout_song"] = {"rms": rms(audio), "flatness": spectral_flatness(audio)}
+        noise = np.random.default_rng(0).standard_normal(len(audio)) * rms(audio)
+        output["white_noise"] = {"rms": rms(noise), "flatness": spectral_flatness(noise)}
+        report["output"] = output
+    clock.run("measure", measure)
+
+    report["stages"] = clock.stages
+    report["total_wall_s"] = time.time() - started
+    report["total_cpu_s"] = sum(s["cpu_s"] for s in clock.stages.values())
+    final = report["output"]["level_0"]
+    problems = []
+    if not final["rms"] >= SILENCE_RMS:
+        problems.append(f"the continuation is silent (RMS {final['rms']:.2e} < {SILENCE_RMS:.2e})")
+    if not final["flatness"] <= NOISE_FLATNESS:
+        problems.append(f"the continuation is noise-like (spectral flatness {final['flatness']:.3f} > "
+                        f"{NOISE_FLATNESS}; white noise {report['output']['white_noise']['flatness']:.3f})")
+    report["problems"] = problems
+    report["files"] = {
+        "toy songs": toy, "held-out song (the prime)": heldout,
+        **{f"{stage} checkpoint": sample.find_checkpoint(os.path.join(runs, stage), stage, stage) for stage in STAGES},
+        "VQ-VAE reconstructions of the held-out song": os.path.join(recon, "level_{0,1,2}.wav"),
+        "the continuation, per level (level_0 is the final audio)": os.path.join(samples, "level_{0,1,2}/item_0.wav"),
+        "codes (for sample.py --continue / --upsample)": os.path.join(samples, "codes.pt"),
+        "this report": os.path.join(out, "report.json"),
+    }
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def print_report(report, check):
+    print("\n==== recipe: report ====")
+    for what, path in report["files"].items():
+        print(f"  {what:58s} {path}")
+    print("\n  VQ-VAE spectral convergence on the held-out song (dB, lower is better):")
+    print("    " + "   ".join(f"{k} {v:6.2f}" for k, v in report["spectral_convergence_db"].items()))
+    print("\n  prior bits per token   held-out   train (last log)   unigram entropy   uniform")
+    for stage, b in report["bits_per_token"].items():
+        print(f"    {stage:8s}            {b['heldout']:8.3f}   {b['train']:16.3f}   {b['unigram_entropy']:15.3f}"
+              f"   {b['uniform']:7.3f}")
+    print("\n  output (continuation after the prime)   RMS      spectral flatness")
+    for name, o in report["output"].items():
+        print(f"    {name:36s} {o['rms']:8.4f}   {o['flatness']:.4f}")
+    print("\n  stage        wall s    CPU s")
+    for name, s in report["stages"].items():
+        print(f"    {name:10s} {s['wall_s']:7.0f}  {s['cpu_s']:7.0f}")
+    print(f"    {'total':10s} {report['total_wall_s']:7.0f}  {report['total_cpu_s']:7.0f}"
+          f"   ({report['total_wall_s'] / 60:.1f} min wall)")
+    if report["problems"]:
+        verdict = "FAILED" if check else "not judged (--quick: untrained models)"
+        print(f"\n  output check {verdict}: " + "; ".join(report["problems"]))
+    else:
+        print("\n  output check passed: the continuation is neither silent nor noise-like. Listen to it:")
+        print(f"    {report['files']['the continuation, per level (level_0 is the final audio)']}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="The CPU quick start: toy songs -> VQ-VAE -> top/middle/bottom priors -> a primed "
+                    "continuation, then a report (spectral convergence, bits per token, RMS and spectral "
+                    "flatness of the output, time per stage). About 20 minutes on 2 CPU cores.")
+    parser.add_argument("--out", default="recipe_out", help="output folder; must not exist yet or be empty "
+                        "(default recipe_out)")
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run at toy-of-toy size; the "
+                        "output is reported but not judged (what tests/test_recipe.py runs)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (e.g. 0.5 "
+                        "for a faster, worse run, 3 for a better one) (default 1)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch CPU threads (default min(2, cores))")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        if args.scale <= 0 or args.threads < 1:
+            raise RecipeError("--scale must be positive and --threads at least 1")
+        if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+            raise RecipeError(f"--out {args.out}: already exists and is not empty; pick another --out or delete it")
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sizes = QUICK if args.quick else FULL
+    args.steps = lambda n: max(1, round(n * args.scale))
+    torch.set_num_threads(args.threads)
+    print(f"recipe: {'quick' if args.quick else 'full'} run, scale {args.scale}, {args.threads} threads -> "
+          f"{args.out}/\n{json.dumps(dataclasses.asdict(sizes))}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    report = run(args, sizes)
+    print_report(report, sizes.check_output)
+    return 1 if report["problems"] and sizes.check_output else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
