@@ -11,12 +11,13 @@ measures what came out and prints a report:
   - spectral convergence (dB) of each VQ-VAE level on the held-out song (the paper's Table 1 metric);
   - bits per token of each prior on the held-out song's codes, next to its training loss and the uniform
     and unigram baselines (a prior that learned something beats the unigram entropy);
-  - RMS and spectral flatness of the continuation, and the wall and CPU time of each stage.
-It fails loudly (exit code 1) when the continuation is silent or noise-like. Every number also goes to
+  - RMS, spectral flatness, sub-40 Hz rumble and loudness dynamics of the continuation (`audio_figures`),
+    and the wall and CPU time of each stage.
+It fails loudly (exit code 1) when the continuation is silent, noise-like, a DC drift or a static drone. Every number also goes to
 OUT/report.json.
 
 Reading order: `Sizes` (every knob of the recipe, FULL and QUICK), `run` (the stages, in order), then the
-measurements (`spectral_flatness`, `heldout_bits`, `vqvae_figures`).
+measurements (`audio_figures`, `judge`, `vqvae_figures`, `heldout_bits`).
 
 Shapes: audio (B, T, 1) at the model APIs, (T,) numpy in this file; codes per level (B, T_level) long.
 """
@@ -71,11 +72,12 @@ QUICK = Sizes(songs=2, song_seconds=3.0, heldout_seconds=2.0, vqvae_steps=3, vqv
               prior_steps=(3, 3, 3), prior_batch=(2, 2, 2), warmup=1, prime_seconds=0.2, total_seconds=0.35,
               check_output=False)  # a smoke run: untrained models, so the output is reported, not judged
 
-# The continuation is judged by two numbers. RMS below -50 dBFS is silence. Spectral flatness (geometric over
-# arithmetic mean of the power spectrum, 0 for a pure tone, ~0.56 for white noise with this estimator) above
-# NOISE_FLATNESS is noise; the toy songs themselves sit around 0.01-0.05.
-SILENCE_RMS = 10 ** (-50 / 20)
+# The continuation is judged by four numbers (see audio_figures). Thresholds sit far from what the toy songs
+# measure (flatness 0.01-0.05, rumble < 2%, dynamics 0.4-0.9) and far from white noise (0.56, 0%, 0.02).
+SILENCE_RMS = 10 ** (-50 / 20)  # -50 dBFS
 NOISE_FLATNESS = 0.3
+MAX_RUMBLE = 0.5
+MIN_DYNAMICS = 0.1
 
 
 class RecipeError(Exception):
@@ -88,18 +90,43 @@ def rms(audio):
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
 
 
-def spectral_flatness(audio, n_fft=2048, hop=512):
-    """Mean over frames of geometric / arithmetic mean of the power spectrum (Hann STFT); frames more than 60 dB
-    below the loudest are left out so that silent gaps do not count. audio: (T,) numpy -> float in [0, 1]."""
+def audio_figures(audio, sample_rate, n_fft=2048, hop=512):
+    """What a listener would notice first, from a Hann STFT of audio (T,) numpy:
+      rms       loudness (silence is below -50 dBFS);
+      flatness  spectral flatness, the mean over frames of geometric / arithmetic mean of the power spectrum:
+                ~0 for tones, ~0.56 for white noise with this estimator;
+      rumble    the share of the energy below 40 Hz (DC offset and sub-audio drift: an untrained decoder's
+                typical output, which is not noise and not silence yet not audible music either);
+      dynamics  the coefficient of variation of the frame RMS: notes and beats come and go (toy songs
+                0.4-0.9), a static drone or steady noise stays near 0.
+    Frames more than 60 dB below the loudest are left out of flatness, so that silent gaps do not count."""
     x = torch.as_tensor(np.asarray(audio), dtype=torch.float64)
     if len(x) <= n_fft // 2:
-        return float("nan")
+        return dict(rms=rms(audio), flatness=float("nan"), rumble=float("nan"), dynamics=float("nan"))
     spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
                       return_complex=True).abs() ** 2  # (n_fft // 2 + 1, frames)
-    energy = spec.mean(0)  # (frames,)
-    spec = spec[:, energy > energy.max() * 1e-6] + 1e-20
-    flatness = torch.exp(torch.log(spec).mean(0)) / spec.mean(0)  # (kept frames,)
-    return float(flatness.mean())
+    freqs = torch.arange(spec.shape[0], dtype=torch.float64) * sample_rate / n_fft  # (n_fft // 2 + 1,)
+    energy = spec.sum(0)  # (frames,)
+    frame_rms = energy.sqrt()
+    dynamics = float(frame_rms.std() / frame_rms.mean().clamp(min=1e-20))
+    rumble = float(spec[freqs < 40].sum() / spec.sum().clamp(min=1e-20))
+    loud = spec[:, energy > energy.max() * 1e-6] + 1e-20  # (F, loud frames)
+    flatness = float((torch.exp(torch.log(loud).mean(0)) / loud.mean(0)).mean())
+    return dict(rms=rms(audio), flatness=flatness, rumble=rumble, dynamics=dynamics)
+
+
+def judge(figures):
+    """The reasons (possibly none) why a continuation is not audibly structured music."""
+    f, problems = figures, []
+    if not f["rms"] >= SILENCE_RMS:
+        problems.append(f"silent (RMS {f['rms']:.2e} < {SILENCE_RMS:.2e})")
+    if not f["flatness"] <= NOISE_FLATNESS:
+        problems.append(f"noise-like (spectral flatness {f['flatness']:.3f} > {NOISE_FLATNESS})")
+    if not f["rumble"] <= MAX_RUMBLE:
+        problems.append(f"mostly DC offset / sub-audio rumble ({f['rumble']:.0%} of the energy below 40 Hz)")
+    if not f["dynamics"] >= MIN_DYNAMICS:
+        problems.append(f"static, no notes or beats (frame-RMS variation {f['dynamics']:.3f} < {MIN_DYNAMICS})")
+    return problems
 
 
 def load_model(folder, stage, model_class, config_class):
@@ -242,24 +269,17 @@ def run(args, sizes):
             wav, wav_rate = soundfile.read(os.path.join(samples, f"level_{level}", "item_0.wav"), dtype="float32")
             prime_samples = int(sizes.prime_seconds * wav_rate) // vq.config.hop_lengths[-1] * vq.config.hop_lengths[-1]
             continuation = wav[prime_samples:]
-            output[f"level_{level}"] = {"rms": rms(continuation), "flatness": spectral_flatness(continuation)}
-        output["heldout_song"] = {"rms": rms(audio), "flatness": spectral_flatness(audio)}
+            output[f"level_{level}"] = audio_figures(continuation, wav_rate)
+        output["heldout_song"] = audio_figures(audio, rate)  # for comparison: what music measures
         noise = np.random.default_rng(0).standard_normal(len(audio)) * rms(audio)
-        output["white_noise"] = {"rms": rms(noise), "flatness": spectral_flatness(noise)}
+        output["white_noise"] = audio_figures(noise, rate)  # and what noise measures
         report["output"] = output
     clock.run("measure", measure)
 
     report["stages"] = clock.stages
     report["total_wall_s"] = time.time() - started
     report["total_cpu_s"] = sum(s["cpu_s"] for s in clock.stages.values())
-    final = report["output"]["level_0"]
-    problems = []
-    if not final["rms"] >= SILENCE_RMS:
-        problems.append(f"the continuation is silent (RMS {final['rms']:.2e} < {SILENCE_RMS:.2e})")
-    if not final["flatness"] <= NOISE_FLATNESS:
-        problems.append(f"the continuation is noise-like (spectral flatness {final['flatness']:.3f} > "
-                        f"{NOISE_FLATNESS}; white noise {report['output']['white_noise']['flatness']:.3f})")
-    report["problems"] = problems
+    report["problems"] = judge(report["output"]["level_0"])  # the final audio: the bottom level's
     report["files"] = {
         "toy songs": toy, "held-out song (the prime)": heldout,
         **{f"{stage} checkpoint": sample.find_checkpoint(os.path.join(runs, stage), stage, stage) for stage in STAGES},
@@ -283,9 +303,11 @@ def print_report(report, check):
     for stage, b in report["bits_per_token"].items():
         print(f"    {stage:8s}            {b['heldout']:8.3f}   {b['train']:16.3f}   {b['unigram_entropy']:15.3f}"
               f"   {b['uniform']:7.3f}")
-    print("\n  output (continuation after the prime)   RMS      spectral flatness")
+    print("\n  audio after the prime            RMS   flatness   rumble   dynamics")
     for name, o in report["output"].items():
-        print(f"    {name:36s} {o['rms']:8.4f}   {o['flatness']:.4f}")
+        print(f"    {name:24s} {o['rms']:9.4f} {o['flatness']:10.4f} {o['rumble']:8.3f} {o['dynamics']:10.3f}")
+    print(f"    (music: RMS >= {SILENCE_RMS:.4f}, flatness <= {NOISE_FLATNESS}, rumble <= {MAX_RUMBLE}, "
+          f"dynamics >= {MIN_DYNAMICS})")
     print("\n  stage        wall s    CPU s")
     for name, s in report["stages"].items():
         print(f"    {name:10s} {s['wall_s']:7.0f}  {s['cpu_s']:7.0f}")
@@ -293,7 +315,7 @@ def print_report(report, check):
           f"   ({report['total_wall_s'] / 60:.1f} min wall)")
     if report["problems"]:
         verdict = "FAILED" if check else "not judged (--quick: untrained models)"
-        print(f"\n  output check {verdict}: " + "; ".join(report["problems"]))
+        print(f"\n  output check {verdict}: the continuation is " + "; ".join(report["problems"]))
     else:
         print("\n  output check passed: the continuation is neither silent nor noise-like. Listen to it:")
         print(f"    {report['files']['the continuation, per level (level_0 is the final audio)']}")
