@@ -115,6 +115,16 @@ def test_prior_stage_learns(toy, vq_run, tmp_path, stage, lyrics):
     assert rate == cfg.sample_rate and len(sampled) == cfg.sample_length
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_trains(toy, vq_run, tmp_path, dtype):
+    """autocast on CPU; fp16 adds the GradScaler, whose first steps are skipped (inf gradients at scale 65536)."""
+    run("--stage", "bottom", *FAST, "--data", toy / "one", "--vqvae", vq_run, "--out", tmp_path, "--steps", 2,
+        "--dtype", dtype)
+    rows = metrics(tmp_path)
+    assert all(r["loss"] == r["loss"] for r in rows)  # not NaN
+    assert ("loss_scale" in rows[-1]) == ("scale" in load(tmp_path / "ckpt_0000002.pt")["scaler"]) == (dtype == "fp16")
+
+
 def test_two_processes_equal_one(toy, vq_run, tmp_path):
     """Same global batch of 4: 1 process x 2 micro-batches of 2 (accumulated) vs 2 processes x 1 micro-batch of 2;
     an upsampler, so the codes of the level above travel with each window too."""
