@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
+import official
 import prior
 import vqvae
 
@@ -91,8 +92,8 @@ def build_parser():
                    "upsampler_level_0/1, small, tiny); default: the released model of the stage")
     p.add_argument("--lyrics", default="none", choices=["none", "encoder", "merged"],
                    help="tiny/small top priors: lyric conditioning like 5b_lyrics (encoder) or 1b_lyrics (merged)")
-    p.add_argument("--vqvae", default=None, help="prior stages: the frozen VQ-VAE checkpoint (file, or run "
-                   "folder = its newest checkpoint) whose codes the prior learns")
+    p.add_argument("--vqvae", default=None, help="prior stages: the frozen VQ-VAE whose codes the prior learns: "
+                   "a train.py checkpoint (file, or run folder = its newest) or the released vqvae.pth.tar")
     p.add_argument("--resume", default=None, help="continue a run from this checkpoint (file, or run folder = "
                    "its newest); hyperparameters must be those of the run, while paths (--data, --vqvae, --out), "
                    "--steps, logging, --workers, --device and --grad-checkpoint may change")
@@ -273,17 +274,29 @@ def setup_vqvae_stage(args, ckpt, dataset_for, device):
     return model, cfg, dataset, inputs, listen
 
 
+def load_frozen_vqvae(path):
+    """The VQ-VAE whose codes a prior learns: a train.py checkpoint (with its EMA weights when it has them: the
+    original saved only those), or the released `vqvae.pth.tar`, read through official.py."""
+    if path.endswith(".pth.tar"):
+        if not os.path.isfile(path):
+            raise UserError(f"--vqvae {path}: no such file; pass the released vqvae.pth.tar or a train.py checkpoint")
+        try:
+            return official.load_vqvae(path)  # the released hyperparameters
+        except official.CheckpointError as e:
+            raise UserError(f"--vqvae: {e}") from None
+    ckpt = load_checkpoint(path, "vqvae", "--vqvae")
+    model = vqvae.VQVAE(vqvae.VQVAEConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    return model
+
+
 def setup_prior_stage(args, ckpt, dataset_for, device):
     """A prior of level 0-2 fed by a frozen VQ-VAE: window audio -> codes of its level (and of the level above)."""
     level = STAGE_LEVEL[args.stage]
     if args.vqvae is None:
         raise UserError(f"--stage {args.stage} needs --vqvae PATH, a checkpoint written by `train.py --stage vqvae`")
-    vq_ckpt = load_checkpoint(args.vqvae, "vqvae", "--vqvae")
-    vq_cfg = vqvae.VQVAEConfig(**vq_ckpt["config"])
-    encoder = vqvae.VQVAE(vq_cfg).to(device)
-    # The EMA weights are the VQ-VAE's final weights when EMA was on (the original saved only those).
-    encoder.load_state_dict(vq_ckpt["ema"] if vq_ckpt["ema"] is not None else vq_ckpt["model"])
-    encoder.eval().requires_grad_(False)
+    encoder = load_frozen_vqvae(args.vqvae).to(device).eval().requires_grad_(False)
+    vq_cfg = encoder.config
 
     if ckpt is not None:
         cfg = prior.PriorConfig(**ckpt["config"])

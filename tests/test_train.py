@@ -58,6 +58,7 @@ def toy(tmp_path_factory):
     data.make_toy(root / "one", n=1, seconds=0.04)  # one song shorter than every window: the same batch each step
     data.make_toy(root / "many", n=3, seconds=1.0)  # different windows at every index
     (root / "empty").mkdir()
+    (root / "one" / "toy_000.wav.pth.tar").write_bytes(b"not a pickle")  # not audio: the dataset skips it
     return root
 
 
@@ -125,6 +126,16 @@ def test_mixed_precision_trains(toy, vq_run, tmp_path, dtype):
     assert ("loss_scale" in rows[-1]) == ("scale" in load(tmp_path / "ckpt_0000002.pt")["scaler"]) == (dtype == "fp16")
 
 
+def test_prior_on_the_released_vqvae_file(toy, vq_run, tmp_path, monkeypatch):
+    """--vqvae NAME.pth.tar goes through official.load_vqvae (stubbed here with our tiny VQ-VAE)."""
+    released = tmp_path / "vqvae.pth.tar"
+    released.write_bytes(b"stand-in")
+    tiny = train.load_frozen_vqvae(str(vq_run))
+    monkeypatch.setattr(train.official, "load_vqvae", lambda path: tiny if path == str(released) else None)
+    run("--stage", "bottom", *FAST, "--data", toy / "one", "--vqvae", released, "--out", tmp_path / "run", "--steps", 1)
+    assert load(tmp_path / "run" / "ckpt_0000001.pt")["config"]["codebook_size"] == 256
+
+
 def test_two_processes_equal_one(toy, vq_run, tmp_path):
     """Same global batch of 4: 1 process x 2 micro-batches of 2 (accumulated) vs 2 processes x 1 micro-batch of 2;
     an upsampler, so the codes of the level above travel with each window too."""
@@ -186,6 +197,10 @@ USER_ERRORS = {  # name: (arguments after the stage's own, words the one-line me
     "missing data folder": (VQ + ["--data", "{toy}/nowhere"], "not a folder"),
     "no --vqvae": (["--stage", "top", "--data", "{toy}/one"], "needs --vqvae"),
     "missing --vqvae file": (["--stage", "top", "--data", "{toy}/one", "--vqvae", "{toy}/none.pt"], "no such file"),
+    "missing released file": (["--stage", "top", "--data", "{toy}/one", "--vqvae", "{toy}/vqvae.pth.tar"],
+                              "no such file"),
+    "bad released file": (["--stage", "top", "--data", "{toy}/one", "--vqvae", "{toy}/one/toy_000.wav.pth.tar"],
+                          "--vqvae"),
     "--vqvae not a checkpoint": (["--stage", "top", "--data", "{toy}/one", "--vqvae", "{toy}/one/toy_000.wav"],
                                  "not a readable checkpoint"),
     "wrong-stage --resume": (["--stage", "bottom", "--data", "{toy}/one", "--vqvae", "{vq}", "--resume", "{vq}"],
