@@ -370,6 +370,10 @@ def progress_line(row, steps, prior_stage):
 def train(args, rank, local_rank, world_size, device, ddp):
     master = rank == 0
     level = STAGE_LEVEL[args.stage]
+    for name, least in dict(steps=1, batch_size=1, micro_batch=1, log_every=1, save_every=1, bandwidth_batches=1,
+                            keep=0, workers=0, sample_every=0, warmup=0).items():
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {least}")
     args.out = args.out or os.path.join("runs", args.stage)
     args.preset = args.preset or DEFAULT_PRESET[args.stage]
     if args.ema_decay is None:

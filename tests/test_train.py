@@ -207,6 +207,7 @@ USER_ERRORS = {  # name: (arguments after the stage's own, words the one-line me
                              "is a 'vqvae' checkpoint"),
     "--resume of another config": (VQ + ["--data", "{toy}/one", "--resume", "{vq}", "--batch-size", "1",
                                          "--lr", "5e-4"], "--lr 0.001 but this command has --lr 0.0005"),
+    "zero log interval": (VQ + ["--data", "{toy}/one", "--log-every", "0"], "--log-every 0: must be at least 1"),
     "batch not divisible": (VQ + ["--data", "{toy}/one", "--batch-size", "3", "--micro-batch", "2"], "--micro-batch"),
     "non-finite loss": (["--stage", "bottom", "--data", "{toy}/one", "--vqvae", "{vq}", "--lr", "1e30",
                          "--warmup", "0"], "loss became"),
