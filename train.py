@@ -235,7 +235,7 @@ def make_dataset(args, sample_rate, sample_length, **seconds):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stages: each returns (model, model config, a function batch -> model inputs, extra checkpoint fields)
+# Stages: each returns (model, config, dataset, inputs: batch -> model arguments, listen: writes example audio)
 
 def setup_vqvae_stage(args, ckpt, dataset_for, device):
     """The VQ-VAE: rebuilt from the checkpoint's config on resume, else the preset plus an estimated bandwidth."""
@@ -294,7 +294,8 @@ def setup_prior_stage(args, ckpt, dataset_for, device):
     """A prior of level 0-2 fed by a frozen VQ-VAE: window audio -> codes of its level (and of the level above)."""
     level = STAGE_LEVEL[args.stage]
     if args.vqvae is None:
-        raise UserError(f"--stage {args.stage} needs --vqvae PATH, a checkpoint written by `train.py --stage vqvae`")
+        raise UserError(f"--stage {args.stage} needs --vqvae PATH: a checkpoint written by `train.py --stage vqvae` "
+                        "or the released vqvae.pth.tar")
     encoder = load_frozen_vqvae(args.vqvae).to(device).eval().requires_grad_(False)
     vq_cfg = encoder.config
 
