@@ -274,7 +274,8 @@ def per_level(text, flag, kind=float):
     try:
         values = tuple(kind(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"{flag} {text}: expected a number or three comma-separated numbers (bottom,middle,top)") from None
+        raise UserError(f"{flag} {text}: expected a number or three comma-separated numbers "
+                        "(bottom,middle,top)") from None
     if len(values) not in (1, 3):
         raise UserError(f"{flag} {text}: give one value for all levels or three (bottom,middle,top)")
     return values * 3 if len(values) == 1 else values
@@ -361,7 +362,8 @@ def run(args):
         config = PriorConfig(**prior_ckpts[level]["config"])
         if config.is_top and args.song_seconds is None and not saved:  # e.g. the 5b prior knows songs >= 60 s
             song_samples = max(song_samples, math.ceil(config.min_duration * rate))
-        if level + 1 < len(hops) and level + 1 not in levels and codes[level + 1].shape[1] * hops[level + 1] < total_samples:
+        upper_missing = level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
+        if upper_missing and level + 1 not in levels:
             raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
         if level + 1 < len(hops) and int(settings.hop_fraction[level] * config.n_ctx) % config.upsample_factor:
             raise UserError(f"--hop-fraction: level {level}'s window hop must be a multiple of "
@@ -374,7 +376,8 @@ def run(args):
     out = args.out or (os.path.dirname(saved_path) if saved else "samples")
     codes_path = os.path.join(out, "codes.pt")
     if saved is None and os.path.exists(codes_path):
-        raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with --continue {codes_path}")
+        raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with "
+                        f"--continue {codes_path}")
     os.makedirs(out, exist_ok=True)
     mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
     print(f"sample.py: {mode}, {batch} x {total_samples / rate:.2f} s of a {song_samples / rate:.2f} s song "
@@ -422,46 +425,52 @@ def main(argv=None):
                     "(every level's codes, to continue or upsample later). Lists of per-level values are "
                     "bottom,middle,top (levels 0,1,2), like the original's --hop_fraction.")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--prime", metavar="AUDIO", help="primed mode: continue this clip (any format libsndfile reads; "
-                      "downmixed, resampled, cut to a multiple of the top hop, encoded at every level); default: "
-                      "ancestral mode, music from scratch")
-    mode.add_argument("--continue", dest="continue_", metavar="CODES", help="continue mode: extend the codes.pt of an "
-                      "earlier run to --seconds (or finish an interrupted run), at every level in --levels")
-    mode.add_argument("--upsample", metavar="CODES", help="upsample mode: sample only the lower levels (1, 0) under "
-                      "the top-level codes of an earlier run (e.g. one made with --levels 2)")
-    parser.add_argument("--seconds", type=float, default=None, metavar="S", help="length of each sample in seconds, prime "
-                        "included (default 20; continue/upsample: the saved run's length)")
-    parser.add_argument("--song-seconds", type=float, default=None, metavar="S", help="length of the whole song "
-                        "the top prior's timing labels describe (original --total_sample_length_in_seconds; "
-                        "default: --seconds, raised to the shortest song the top prior knows, e.g. 60 s for 5b)")
-    parser.add_argument("--prime-seconds", type=float, default=None, metavar="S",
-                        help="use only the first S seconds of --prime")
-    parser.add_argument("--n", type=int, default=1, metavar="N", help="samples to draw at once (ignored with saved codes)")
-    parser.add_argument("--levels", default=None, metavar="L[,L...]", help="levels to sample, e.g. 2 for the top level only "
-                        "(default 2,1,0; --upsample: 1,0)")
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default samples; continue/upsample: the folder "
-                        "of the codes file)")
-    parser.add_argument("--runs", default="runs", metavar="DIR", help="folder of train.py runs: checkpoints not named by the flags "
-                        "below are taken from RUNS/{vqvae,top,middle,bottom} (newest ckpt_*.pt)")
-    parser.add_argument("--vqvae", default=None, metavar="PATH", help="VQ-VAE checkpoint (file, or train.py run folder)")
-    parser.add_argument("--top", default=None, metavar="PATH", help="level-2 prior checkpoint (file, or train.py run folder)")
-    parser.add_argument("--middle", default=None, metavar="PATH", help="level-1 upsampler checkpoint (file, or run folder)")
-    parser.add_argument("--bottom", default=None, metavar="PATH", help="level-0 upsampler checkpoint (file, or run folder)")
-    parser.add_argument("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]", help="softmax temperature, one value or "
-                        "bottom,middle,top (default 0.99,0.99,0.98 as in the original's notebook)")
-    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
-    parser.add_argument("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling: the smallest set of codes with "
-                        "this probability mass (0 = off)")
-    parser.add_argument("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]", help="window hop as a fraction of the context, "
-                        "bottom,middle,top (default as released); each new window is primed with the rest")
-    parser.add_argument("--chunk-size", type=int, default=32, metavar="N", help="prime tokens per prefill step")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="samples per prior call (memory)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the sampling")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="compute dtype of the priors' blocks (the released sampling used float16 on GPUs); the VQ-VAE "
-                        "decodes in float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="DEV",
-                        help="torch device (default cuda if available, else cpu)")
+    mode.add_argument("--prime", metavar="AUDIO",
+                      help="primed mode: continue this clip (any format libsndfile reads; downmixed, resampled, cut "
+                           "to a multiple of the top hop, encoded at every level); default: ancestral, from scratch")
+    mode.add_argument("--continue", dest="continue_", metavar="CODES",
+                      help="continue mode: extend the codes.pt of an earlier run to --seconds (or finish an "
+                           "interrupted run), at every level in --levels")
+    mode.add_argument("--upsample", metavar="CODES",
+                      help="upsample mode: sample only the lower levels (1, 0) under the top-level codes of an "
+                           "earlier run (e.g. one made with --levels 2)")
+    arg = parser.add_argument
+    arg("--seconds", type=float, default=None, metavar="S",
+        help="length of each sample in seconds, prime included (default 20; continue/upsample: the saved length)")
+    arg("--song-seconds", type=float, default=None, metavar="S",
+        help="length of the whole song the top prior's timing labels describe (original "
+             "--total_sample_length_in_seconds; default: --seconds, raised to the shortest song the top prior "
+             "knows, e.g. 60 s for 5b)")
+    arg("--prime-seconds", type=float, default=None, metavar="S", help="use only the first S seconds of --prime")
+    arg("--n", type=int, default=1, metavar="N", help="samples to draw at once (ignored with saved codes)")
+    arg("--levels", default=None, metavar="L[,L...]",
+        help="levels to sample, e.g. 2 for the top level only (default 2,1,0; --upsample: 1,0)")
+    arg("--out", default=None, metavar="DIR",
+        help="output folder (default samples; continue/upsample: the folder of the codes file)")
+    arg("--runs", default="runs", metavar="DIR",
+        help="folder of train.py runs: checkpoints not named by the flags below are taken from "
+             "RUNS/{vqvae,top,middle,bottom} (newest ckpt_*.pt)")
+    arg("--vqvae", default=None, metavar="PATH", help="VQ-VAE checkpoint (file, or train.py run folder)")
+    arg("--top", default=None, metavar="PATH", help="level-2 prior checkpoint (file, or train.py run folder)")
+    arg("--middle", default=None, metavar="PATH", help="level-1 upsampler checkpoint (file, or run folder)")
+    arg("--bottom", default=None, metavar="PATH", help="level-0 upsampler checkpoint (file, or run folder)")
+    # (issue 7 adds --official DIR --model NAME here; issue 8 adds --artist, --genre, --lyrics.)
+    arg("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]",
+        help="softmax temperature, one value or bottom,middle,top (default as in the original's notebook)")
+    arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
+    arg("--top-p", type=float, default=0.0, metavar="P",
+        help="nucleus sampling: the smallest set of codes with this probability mass (0 = off)")
+    arg("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]",
+        help="window hop as a fraction of the context, bottom,middle,top (default as released); each new window "
+             "is primed with the rest of the context")
+    arg("--chunk-size", type=int, default=32, metavar="N", help="prime tokens per prefill step")
+    arg("--batch-size", type=int, default=16, metavar="N", help="samples per prior call (memory)")
+    arg("--seed", type=int, default=0, metavar="N", help="random seed of the sampling")
+    arg("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="compute dtype of the priors' blocks (the released sampling used float16 on GPUs); the VQ-VAE "
+             "decodes in float32")
+    arg("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="DEV",
+        help="torch device (default cuda if available, else cpu)")
     args = parser.parse_args(argv)
     try:
         if args.n < 1 or args.batch_size < 1 or args.chunk_size < 1:
