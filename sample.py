@@ -442,7 +442,8 @@ def main(argv=None):
              "--total_sample_length_in_seconds; default: --seconds, raised to the shortest song the top prior "
              "knows, e.g. 60 s for 5b)")
     arg("--prime-seconds", type=float, default=None, metavar="S", help="use only the first S seconds of --prime")
-    arg("--n", type=int, default=1, metavar="N", help="samples to draw at once (ignored with saved codes)")
+    arg("--n", type=int, default=1, metavar="N",
+        help="samples to draw at once (default %(default)s; saved codes keep theirs)")
     arg("--levels", default=None, metavar="L[,L...]",
         help="levels to sample, e.g. 2 for the top level only (default 2,1,0; --upsample: 1,0)")
     arg("--out", default=None, metavar="DIR",
@@ -456,19 +457,20 @@ def main(argv=None):
     arg("--bottom", default=None, metavar="PATH", help="level-0 upsampler checkpoint (file, or run folder)")
     # (issue 7 adds --official DIR --model NAME here; issue 8 adds --artist, --genre, --lyrics.)
     arg("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]",
-        help="softmax temperature, one value or bottom,middle,top (default as in the original's notebook)")
+        help="softmax temperature, one value or bottom,middle,top (default %(default)s, the original notebook's)")
     arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
     arg("--top-p", type=float, default=0.0, metavar="P",
         help="nucleus sampling: the smallest set of codes with this probability mass (0 = off)")
     arg("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]",
-        help="window hop as a fraction of the context, bottom,middle,top (default as released); each new window "
-             "is primed with the rest of the context")
-    arg("--chunk-size", type=int, default=32, metavar="N", help="prime tokens per prefill step")
-    arg("--batch-size", type=int, default=16, metavar="N", help="samples per prior call (memory)")
-    arg("--seed", type=int, default=0, metavar="N", help="random seed of the sampling")
+        help="window hop as a fraction of the context, bottom,middle,top (default %(default)s, as released); each "
+             "new window is primed with the rest of the context")
+    arg("--chunk-size", type=int, default=32, metavar="N", help="prime tokens per prefill step (default %(default)s)")
+    arg("--batch-size", type=int, default=16, metavar="N",
+        help="samples per prior call, bounds memory (default %(default)s)")
+    arg("--seed", type=int, default=0, metavar="N", help="random seed of the sampling (default %(default)s)")
     arg("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="compute dtype of the priors' blocks (the released sampling used float16 on GPUs); the VQ-VAE "
-             "decodes in float32")
+             "decodes in float32 (default %(default)s)")
     arg("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="DEV",
         help="torch device (default cuda if available, else cpu)")
     args = parser.parse_args(argv)
