@@ -1,10 +1,16 @@
 """Tests for sample.py: window bookkeeping with a dummy prior, an end-to-end run with tiny models, bad inputs."""
+import dataclasses
 import types
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
+import data
+import prior
 import sample
+import vqvae
 
 K = 10_000  # the dummy's "codebook": large, so that token values name their absolute position
 
@@ -128,16 +134,6 @@ def test_continue_skips_full_windows():
 
 
 # ---- end to end with tiny random models, through the command line ---------------------------------------
-
-import dataclasses  # noqa: E402
-
-import numpy as np  # noqa: E402
-import soundfile  # noqa: E402
-
-import data  # noqa: E402
-import prior  # noqa: E402
-import vqvae  # noqa: E402
-
 
 def save_checkpoint(path, stage, config, model):
     """The train.py checkpoint format (CONTRACTS.md)."""
