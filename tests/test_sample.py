@@ -53,12 +53,12 @@ def run_levels(total_samples, n_ctx=(64, 64, 32), hop_lengths=(2, 8, 32), prime=
 @pytest.mark.parametrize("total", [1, 31, 32, 33, 64, 65, 100, 1000, 1001])
 @pytest.mark.parametrize("n_ctx,hop_fraction", [(32, 0.125), (32, 0.5), (16, 1.0), (48, 0.3)])
 def test_windows_cover_every_token_once(total, n_ctx, hop_fraction):
-    prior = DummyPrior(n_ctx, samples_per_token=1)
+    dummy = DummyPrior(n_ctx, samples_per_token=1)
     codes = [torch.zeros(3, 0, dtype=torch.long)]
     settings = sample.Settings(hop_fraction=(hop_fraction,), batch_size=2)
-    sample.sample_level(prior, codes, 0, total, 1, labels(3)(prior), settings)
+    sample.sample_level(dummy, codes, 0, total, 1, labels(3)(dummy), settings)
     assert torch.equal(codes[0], (torch.arange(total) % K).expand(3, -1))  # exact, no gap, nothing shifted
-    calls = prior.calls[::2]  # two calls per window: batch 3 in pieces of 2
+    calls = dummy.calls[::2]  # two calls per window: batch 3 in pieces of 2
     assert sum(c["sample_tokens"] - (0 if c["prime"] is None else c["prime"].shape[1]) for c in calls) == total
     assert calls[0]["prime"] is None  # the first window is ancestral
     for c in calls[1:]:  # later windows are primed with exactly the tokens they overlap (none if hop = n_ctx)
