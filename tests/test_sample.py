@@ -37,7 +37,7 @@ class DummyPrior:
 
 
 def labels(batch):
-    return lambda prior: torch.tensor([[10_000_000, 0, 0, 0, -1]]).expand(batch, -1)
+    return lambda model: torch.tensor([[10_000_000, 0, 0, 0, -1]]).expand(batch, -1)
 
 
 def run_levels(total_samples, n_ctx=(64, 64, 32), hop_lengths=(2, 8, 32), prime=None, batch=2, levels=(2, 1, 0),
