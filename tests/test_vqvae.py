@@ -215,3 +215,28 @@ def test_tiny_model_overfits_a_one_second_clip():
                 break
     assert after < before - 10, f"spectral convergence {before:.1f} dB -> {after:.1f} dB after {step} steps"
     assert metrics["usage_l0"] > 0.5 * cfg.codebook_size
+
+
+def _codebook_rank(rank, world_size, init_file, out_dir):
+    """One rank of test_codebooks_agree_across_ranks: its own data, then save its codebook."""
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(rank)  # different data and different local random draws on each rank
+    codebook = Codebook(size=32, width=4, ema_decay=0.9, restart_threshold=1.0).train()
+    for _ in range(3):
+        codebook(torch.randn(2, 4, 8) + rank)  # 16 latents < 32 codes: restarts come from tiled, jittered rows
+    torch.save(codebook.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_codebooks_agree_across_ranks(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_codebook_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name in ("embeddings", "ema_sums", "ema_counts"):
+        assert torch.equal(states[0][name], states[1][name]), name
+    # Counts are summed over ranks. They start at 1 per code (32 in all) and each step keeps 0.9 of them and
+    # adds 0.1 * the 32 latents of both ranks, so the total stays 32; without the all-reduce it would drift
+    # to the 16 latents of one rank.
+    assert states[0]["ema_counts"].sum().item() == pytest.approx(32.0, rel=1e-5)
