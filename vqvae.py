@@ -42,7 +42,7 @@ class VQVAEConfig:
     depth: int = 4  # residual blocks per stack before the level multiplier (depth)
     level_multipliers: tuple = (2, 1, 1)  # level L uses width*m[L] channels and depth*m[L] blocks (hvqvae_multipliers)
     dilation_growth: int = 3  # block d of a residual stack has dilation growth**d (dilation_growth_rate)
-    reverse_decoder_dilation: bool = True  # decoder stacks run the largest dilation first (vqvae_reverse_decoder_dilation)
+    reverse_decoder_dilation: bool = True  # decoder stacks start at the top dilation (vqvae_reverse_decoder_dilation)
     ema_decay: float = 0.99  # decay of the codebook's running sums and counts (l_mu)
     restart_threshold: float = 1.0  # codes whose EMA count falls below this restart, §3.1 (revival_threshold)
     commit_weight: float = 0.02  # beta of the commitment loss (commit)
@@ -53,8 +53,8 @@ class VQVAEConfig:
     stft_n_fft: tuple = (2048, 1024, 512)  # FFT sizes of the spectral loss (multispec_loss_n_fft)
     stft_hop: tuple = (240, 120, 50)  # their hop lengths (multispec_loss_hop_length)
     stft_window: tuple = (1200, 600, 240)  # their Hann window lengths (multispec_loss_window_size)
-    bandwidth_l2: float = 1.0  # variance of the training audio, divides l2 and linf; 1.0 = not estimated (bandwidth['l2'])
-    bandwidth_spec: float = 1.0  # mean STFT norm of one training clip, divides the spectral loss; 1.0 = not estimated (bandwidth['spec'])
+    bandwidth_l2: float = 1.0  # audio variance, divides the l2 and linf terms; 1.0 = unset (bandwidth['l2'])
+    bandwidth_spec: float = 1.0  # mean |STFT| norm of one clip, divides the spectral loss; 1.0 = unset (bandwidth['spec'])
 
     def __post_init__(self):
         # Configs come back from checkpoints with lists where tuples were; keep one type.
@@ -143,7 +143,10 @@ class ResidualStack(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """`downs` x [strided conv (T -> T/stride), residual stack], then a conv to `out_channels` (official EncoderConvBlock)."""
+    """`downs` x [strided conv (T -> T/stride), residual stack], then a conv to `out_channels`.
+
+    Official EncoderConvBlock.
+    """
 
     def __init__(self, in_channels, out_channels, downs, stride, width, depth, dilation_growth):
         super().__init__()
@@ -192,7 +195,8 @@ class Encoder(nn.Module):
         super().__init__()
         D, width, depth = config.embedding_width, config.level_widths[level], config.level_depths[level]
         self.blocks = nn.ModuleList(
-            EncoderBlock(1 if i == 0 else D, D, config.downs[i], config.strides[i], width, depth, config.dilation_growth)
+            EncoderBlock(1 if i == 0 else D, D, config.downs[i], config.strides[i], width, depth,
+                         config.dilation_growth)
             for i in range(level + 1)
         )
 
@@ -254,8 +258,9 @@ class Codebook(nn.Module):
         # argmin ties and rounding match the released codes. Rows in chunks bound the (N, K) matrix.
         codes, distances = [], []
         for chunk in x.split(65536):
-            d = chunk.pow(2).sum(1, keepdim=True) - 2 * chunk @ self.embeddings.t() + self.embeddings.pow(2).sum(1)  # (n, K)
-            distance, code = d.min(dim=1)
+            k = self.embeddings  # (K, D)
+            squared_distances = chunk.pow(2).sum(1, keepdim=True) - 2 * chunk @ k.t() + k.pow(2).sum(1)  # (n, K)
+            distance, code = squared_distances.min(dim=1)
             codes.append(code)
             distances.append(distance)
         return torch.cat(codes), torch.cat(distances)
@@ -269,7 +274,8 @@ class Codebook(nn.Module):
         return F.embedding(codes, self.embeddings).permute(0, 2, 1)  # (B, T, D) -> (B, D, T)
 
     def forward(self, latents):
-        """latents (B, D, T) -> quantised (B, D, T) with straight-through gradients, codes (B, T), commit loss, metrics."""
+        """latents (B, D, T) -> (quantised (B, D, T) with straight-through gradients, codes (B, T), commit loss,
+        metrics)."""
         B, D, T = latents.shape
         x = latents.permute(0, 2, 1).reshape(B * T, D).float()  # (B, D, T) -> (N, D)
         # The quantiser works in float32 whatever autocast does outside: the argmin is precision-sensitive.
@@ -483,10 +489,9 @@ def estimate_bandwidth(batches):
     for audio in batches:
         audio = _clips(audio).double()  # (B, T, 1) -> (B, T)
         spec_norms = torch.linalg.vector_norm(stft_magnitude(audio, *DEFAULT_STFT).double(), dim=(1, 2))  # (B,)
-        stats = torch.stack([
-            torch.tensor(float(audio.numel()), dtype=torch.float64), audio.sum(), audio.pow(2).sum(),
-            spec_norms.sum().cpu(), torch.tensor(float(audio.shape[0]), dtype=torch.float64),
-        ]).to(audio.device)
+        # samples, their sum and sum of squares, spectrum norms, clips (float64, on the audio's device)
+        stats = torch.stack([audio.new_tensor(audio.numel()), audio.sum(), audio.pow(2).sum(), spec_norms.sum(),
+                             audio.new_tensor(audio.shape[0])])
         total = stats if total is None else total + stats
     if total is None:
         raise ValueError("estimate_bandwidth needs at least one batch of audio")
