@@ -297,7 +297,16 @@ class Codebook(nn.Module):
         return quantised, codes.view(B, T), commit_loss, metrics
 
     def _restart_candidates(self, x):
-        """K random rows of x (N, D); when N < K, x is first repeated and jittered so that K rows exist."""
+        """K random rows of x (N, D); when N < K, x is first repeated and jittered so that K rows exist.
+
+        Under torch.distributed every rank's latents are pooled first and rank 0's choice is broadcast, so all
+        ranks keep the same codebook and N ranks draw from the same global batch as one process would.
+        (The original broadcasts rank 0's draw from rank 0's latents only.)
+        """
+        if _distributed():
+            pool = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+            dist.all_gather(pool, x.contiguous())
+            x = torch.cat(pool)  # (world * N, D), in rank order = the order of one process's batch
         n = x.shape[0]
         if n < self.size:
             x = x.repeat((self.size + n - 1) // n, 1)  # (N, D) -> (N * repeats, D)
