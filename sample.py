@@ -4,7 +4,8 @@ Implements the sampling of arXiv:2005.00341 §4.4 (ancestral, windowed and prime
 window bookkeeping of the released sampler (facts: ../shared/jukebox/FACTS.md §5.2). Reading order:
   1. `sample_level`: one level, window by window; every window after the first is primed with its overlap.
   2. `sample_levels`: the levels top to bottom; an upsampler window sees exactly the codes above it.
-  3. `run`: the inputs (prime audio or saved codes) and the outputs (wavs and codes after each level).
+  3. `run`: the models (train.py checkpoints, or the released ones with --official), the inputs (prime audio or
+     saved codes) and the outputs (wavs and codes after each level).
   4. `main`: the command line.
 
 Shapes: B samples in the batch, T tokens of one level, S raw audio samples. `codes` is a list indexed by
@@ -21,6 +22,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+import official
 from data import AudioError, load_audio
 from prior import Prior, PriorConfig, make_y
 from vqvae import VQVAE, VQVAEConfig
@@ -205,7 +207,7 @@ def load_prime(path, vqvae, total_samples, prime_seconds=None):
     return torch.from_numpy(audio).view(1, -1, 1)  # (S,) -> (1, S, 1)
 
 
-def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoints):
+def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoints, released=None):
     """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically."""
     hops = vqvae_config.hop_lengths
     state = {
@@ -217,6 +219,7 @@ def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoin
         "song_samples": song_samples,  # the song length the top prior's timing labels were given
         "vqvae": dataclasses.asdict(vqvae_config),  # codes mean something only with this VQ-VAE
         "checkpoints": checkpoints,  # stage -> path, the defaults when this run is continued or upsampled
+        "official": released,  # or {"dir": DIR, "model": NAME}: the released models of --official DIR --model NAME
     }
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # atomic: an interrupted save leaves the previous file intact
@@ -281,28 +284,90 @@ def per_level(text, flag, kind=float):
     return values * 3 if len(values) == 1 else values
 
 
-def load_models(args, levels, stored, device):
-    """The VQ-VAE and the checked (not yet built) checkpoint of each level's prior."""
-    # (issue 7 adds the released weights here: --official DIR --model NAME.)
-    paths = checkpoint_paths(args, stored)
-    if not paths:
-        raise UserError(f"no trained models found (no --vqvae/--top/--middle/--bottom, nothing in {args.runs}/); "
-                        "train them with the CPU recipe in the README, or point at released weights with "
-                        "--official once available")
-    if "vqvae" not in paths:
-        raise UserError(f"no VQ-VAE checkpoint (nothing in {os.path.join(args.runs, 'vqvae')}); pass --vqvae PATH, "
-                        "a checkpoint written by `train.py --stage vqvae`")
-    vq_ckpt = load_checkpoint(paths["vqvae"], "vqvae", "--vqvae")
-    vq = build_model(vq_ckpt, VQVAE, VQVAEConfig).to(device)
-    prior_ckpts = {}
-    for level in levels:  # all checked now, so a bad bottom checkpoint fails before hours of top-level sampling
-        stage = LEVEL_NAMES[level]
-        if stage not in paths:
-            raise UserError(f"no {stage} prior checkpoint (nothing in {os.path.join(args.runs, stage)}); pass "
-                            f"--{stage} PATH, or leave level {level} out with --levels")
-        prior_ckpts[level] = load_checkpoint(paths[stage], stage, f"--{stage}")
-        check_prior_matches(PriorConfig(**prior_ckpts[level]["config"]), vq.config, paths[stage], f"--{stage}")
-    return paths, vq_ckpt, vq, prior_ckpts
+@dataclasses.dataclass
+class ModelFile:
+    """One model, checked but not built yet (a prior is built only when its level starts)."""
+    path: str
+    config: object  # VQVAEConfig or PriorConfig
+    origin: str  # "step N" of a train.py run, or "released NAME"
+    build: object  # () -> the model in eval mode, on the CPU
+
+
+def checkpoint_file(path, stage, flag):
+    """A train.py checkpoint of `stage` as a ModelFile."""
+    model_class, config_class = (VQVAE, VQVAEConfig) if stage == "vqvae" else (Prior, PriorConfig)
+    ckpt = load_checkpoint(path, stage, flag)
+    return ModelFile(path, config_class(**ckpt["config"]), f"step {ckpt['step']}",
+                     lambda: build_model(ckpt, model_class, config_class))
+
+
+def released_files(directory, model, levels, dtype):
+    """The released model `model` under `directory` (official.MODELS layout) as ModelFiles: stage -> file."""
+    try:
+        found = official.release_files(directory, model)  # every file present, or the first missing one's URL
+    except official.CheckpointError as e:
+        raise UserError(f"--official: {e}") from None
+
+    def load(path, name):  # read when needed: a prior only when its level starts
+        try:
+            if name == "vqvae":
+                return official.load_vqvae(path, name)
+            # jukebox: the released sampling ran the priors in float16; loading in that dtype halves the memory
+            return float32_outside_blocks(official.load_prior(path, name, dtype=dtype or torch.float32))
+        except official.CheckpointError as e:
+            raise UserError(f"--official: {e}") from None
+
+    files = {}
+    for part, (path, name) in found.items():
+        if part == "vqvae" or part in levels:
+            config = official.vqvae_config(name) if part == "vqvae" else official.prior_config(name)
+            files[LEVEL_NAMES.get(part, part)] = ModelFile(path, config, f"released {name}",
+                                                           lambda path=path, name=name: load(path, name))
+    return files
+
+
+def float32_outside_blocks(model):
+    """A prior loaded in half precision, back to float32 except its transformer blocks (nearly all its weights).
+    Prior.sample(dtype=...) runs only the blocks in half precision; embeddings, conditioning and the output layer
+    stay float32, as they are in a prior built from a train.py checkpoint."""
+    in_blocks = {id(t) for transformer in model.transformers() for t in transformer.blocks.parameters()}
+    for module in model.modules():
+        for tensors in (module._parameters, module._buffers):
+            for t in tensors.values():
+                if t is not None and t.is_floating_point() and id(t) not in in_blocks:
+                    t.data = t.data.float()  # in place on the Parameter: tied weights stay tied
+    return model
+
+
+def load_models(args, levels, stored, device, dtype=None):
+    """(stage -> path, the VQ-VAE built, its ModelFile, level -> the checked ModelFile of its prior)."""
+    if args.official:
+        if any(getattr(args, stage) for stage in STAGES):
+            raise UserError("--official cannot be combined with --vqvae/--top/--middle/--bottom; use one or the other")
+        files = released_files(args.official, args.model, levels, dtype)
+        paths = {stage: file.path for stage, file in files.items()}
+    else:
+        paths = checkpoint_paths(args, stored)
+        if not paths:
+            raise UserError(f"no trained models found (no --vqvae/--top/--middle/--bottom, nothing in {args.runs}/); "
+                            "train them with the CPU recipe in the README, or point at the released weights with "
+                            "--official DIR --model NAME")
+        if "vqvae" not in paths:
+            raise UserError(f"no VQ-VAE checkpoint (nothing in {os.path.join(args.runs, 'vqvae')}); pass --vqvae "
+                            "PATH, a checkpoint written by `train.py --stage vqvae`")
+        files = {"vqvae": checkpoint_file(paths["vqvae"], "vqvae", "--vqvae")}
+        for level in levels:  # all checked now, so a bad bottom checkpoint fails before hours of top-level sampling
+            stage = LEVEL_NAMES[level]
+            if stage not in paths:
+                raise UserError(f"no {stage} prior checkpoint (nothing in {os.path.join(args.runs, stage)}); pass "
+                                f"--{stage} PATH, or leave level {level} out with --levels")
+            files[stage] = checkpoint_file(paths[stage], stage, f"--{stage}")
+    vq_file = files["vqvae"]
+    vq = vq_file.build().to(device)
+    prior_files = {level: files[LEVEL_NAMES[level]] for level in levels}
+    for level, file in prior_files.items():
+        check_prior_matches(file.config, vq.config, file.path, f"--{LEVEL_NAMES[level]}")
+    return paths, vq, vq_file, prior_files
 
 
 def starting_codes(args, vq, saved, saved_path, device):
@@ -352,14 +417,18 @@ def run(args):
     # Inputs: models, then the codes each level starts from and the length to reach.
     saved_path = args.continue_ or args.upsample
     saved = load_codes(saved_path, "--continue" if args.continue_ else "--upsample") if saved_path else None
-    paths, vq_ckpt, vq, prior_ckpts = load_models(args, levels, saved["checkpoints"] if saved else {}, args.device)
+    released = saved.get("official") if saved else None  # continuing a run of the released models
+    if released and not args.official and not any(getattr(args, stage) for stage in STAGES):
+        args.official, args.model = released["dir"], released["model"]
+    paths, vq, vq_file, prior_files = load_models(args, levels, saved["checkpoints"] if saved else {}, args.device,
+                                                  settings.dtype)
     codes, total_samples = starting_codes(args, vq, saved, saved_path, args.device)
     rate, hops, batch = vq.config.sample_rate, vq.config.hop_lengths, codes[0].shape[0]
     song_samples = saved["song_samples"] if saved and args.song_seconds is None else int(
         (args.song_seconds or 0) * rate)
     song_samples = max(song_samples, total_samples)
     for level in levels:
-        config = PriorConfig(**prior_ckpts[level]["config"])
+        config = prior_files[level].config
         if config.is_top and args.song_seconds is None and not saved:  # e.g. the 5b prior knows songs >= 60 s
             song_samples = max(song_samples, math.ceil(config.min_duration * rate))
         upper_missing = level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
@@ -382,17 +451,19 @@ def run(args):
     mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
     print(f"sample.py: {mode}, {batch} x {total_samples / rate:.2f} s of a {song_samples / rate:.2f} s song "
           f"at {rate} Hz -> {out}/")
-    print(f"  vqvae   {paths['vqvae']} (step {vq_ckpt['step']})")
+    print(f"  vqvae   {vq_file.path} ({vq_file.origin})")
     for level in levels:
-        ckpt, hop = prior_ckpts[level], int(settings.hop_fraction[level] * prior_ckpts[level]["config"]["n_ctx"])
-        print(f"  level {level} ({LEVEL_NAMES[level]}) {paths[LEVEL_NAMES[level]]} (step {ckpt['step']}): "
-              f"{codes[level].shape[1]} -> {total_samples // hops[level]} tokens, n_ctx {ckpt['config']['n_ctx']}, "
-              f"window hop {hop}, temperature {settings.temperature[level]}")
+        file = prior_files[level]
+        hop = int(settings.hop_fraction[level] * file.config.n_ctx)
+        print(f"  level {level} ({LEVEL_NAMES[level]}) {file.path} ({file.origin}): {codes[level].shape[1]} -> "
+              f"{total_samples // hops[level]} tokens, n_ctx {file.config.n_ctx}, window hop {hop}, "
+              f"temperature {settings.temperature[level]}")
     print(f"  top_k {settings.top_k}, top_p {settings.top_p}, chunk_size {settings.chunk_size}, batch_size "
           f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
 
     def save(level=None):
-        save_codes(codes_path, codes, total_samples, song_samples, vq.config, paths)
+        save_codes(codes_path, codes, total_samples, song_samples, vq.config, {} if args.official else paths,
+                   dict(dir=args.official, model=args.model) if args.official else None)
         if level is not None:
             for i in range(0, batch, settings.batch_size):  # a few samples at a time bounds the decoder's memory
                 audio = vq.decode(codes[level][i:i + settings.batch_size], level)  # (b, T_level * hop, 1)
@@ -400,7 +471,7 @@ def run(args):
             tqdm.write(f"level {level}: wrote {out}/level_{level}/item_*.wav and {codes_path}")
 
     def prior_for(level):  # built when its level starts; the previous prior is freed by then
-        return build_model(prior_ckpts.pop(level), Prior, PriorConfig).to(args.device)
+        return prior_files.pop(level).build().to(args.device)
 
     def labels_for(prior):
         # (issue 8 adds --artist/--genre/--lyrics here.) Artist 0 and genre 0 are "unknown" in the id tables.
@@ -455,7 +526,12 @@ def main(argv=None):
     arg("--top", default=None, metavar="PATH", help="level-2 prior checkpoint (file, or train.py run folder)")
     arg("--middle", default=None, metavar="PATH", help="level-1 upsampler checkpoint (file, or run folder)")
     arg("--bottom", default=None, metavar="PATH", help="level-0 upsampler checkpoint (file, or run folder)")
-    # (issue 7 adds --official DIR --model NAME here; issue 8 adds --artist, --genre, --lyrics.)
+    arg("--official", default=None, metavar="DIR",
+        help="sample with OpenAI's released models instead: DIR laid out like the download "
+             "(5b/vqvae.pth.tar, 5b/prior_level_{0,1}.pth.tar, MODEL/prior_level_2.pth.tar); needs --model")
+    arg("--model", default=None, choices=list(official.MODELS),
+        help="which released top prior: 5b, 5b_lyrics or 1b_lyrics (1b_lyrics fits a consumer GPU)")
+    # (issue 8 adds --artist, --genre, --lyrics.)
     arg("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]",
         help="softmax temperature, one value or bottom,middle,top (default %(default)s, the original notebook's)")
     arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
@@ -481,6 +557,8 @@ def main(argv=None):
             raise UserError(f"--seconds {args.seconds}: must be positive")
         if args.prime_seconds is not None and not args.prime:
             raise UserError("--prime-seconds needs --prime")
+        if args.official and not args.model:
+            raise UserError(f"--official {args.official}: also pass --model {' | '.join(official.MODELS)}")
         if args.upsample and args.seconds is not None:
             raise UserError("--upsample keeps the saved length; to make a run longer use --continue with --seconds")
         return run(args)

@@ -1,5 +1,6 @@
 """Tests for sample.py: window bookkeeping with a dummy prior, an end-to-end run with tiny models, bad inputs."""
 import dataclasses
+import shutil
 import types
 
 import numpy as np
@@ -8,8 +9,10 @@ import soundfile
 import torch
 
 import data
+import official
 import prior
 import sample
+import test_official  # its writer of official-format files: our keys -> the original's, Hyperparams in the pickle
 import vqvae
 
 K = 10_000  # the dummy's "codebook": large, so that token values name their absolute position
@@ -299,3 +302,69 @@ def test_song_length_defaults_to_what_the_top_prior_knows(models, tmp_path, caps
     assert code == 0, err
     assert torch.load(tmp_path / "a" / "codes.pt", weights_only=True)["song_samples"] == 44100
     expect_user_error(argv + ["--out", tmp_path / "b", "--song-seconds", 0.5], capsys, "--song-seconds")
+
+
+# ---- the released models (--official DIR --model NAME), with tiny stand-ins in the download layout ----------
+
+_TINY = dict(n_ctx=64, prior_width=32, prior_depth=3, heads=2, attn_order=2, blocks=8, init_scale=1.0, t_bins=16)
+TINY_RELEASE = {  # the released names, as tiny models with the released label tables (ids v2, v3)
+    "vqvae": test_official.TINY_VQVAE,
+    "upsampler_level_0": {**official.HPARAMS["upsampler_level_0"], **_TINY, "cond_width": 24, "cond_depth": 2,
+                          "cond_dilation_cycle": 2},
+    "upsampler_level_1": {**official.HPARAMS["upsampler_level_1"], **_TINY, "cond_width": 24, "cond_depth": 2,
+                          "cond_dilation_cycle": 2},
+    "1b_lyrics": {**official.HPARAMS["1b_lyrics"], **_TINY, "n_ctx": 48, "prior_width": 16, "prior_depth": 16,
+                  "attn_order": 12, "n_tokens": 16, "min_duration": 0.5, "max_duration": 10.0},
+}
+
+
+@pytest.fixture
+def release(tmp_path_factory, monkeypatch):
+    """DIR/5b/vqvae.pth.tar, DIR/5b/prior_level_{0,1}.pth.tar, DIR/1b_lyrics/prior_level_2.pth.tar: random tiny
+    models written in the original's format, with official.HPARAMS pointing the released names at them."""
+    for name, hparams in TINY_RELEASE.items():
+        monkeypatch.setitem(official.HPARAMS, name, hparams)
+    root = tmp_path_factory.getbasetemp() / "release"
+    if not root.exists():  # written once, read by every test (the HPARAMS patch is per test)
+        torch.manual_seed(0)
+        for name, (relative, _) in zip(("vqvae", 0, 1, 2), official.MODELS["1b_lyrics"].values()):
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name == "vqvae":
+                model = vqvae.VQVAE(official.vqvae_config("vqvae"))
+                state = test_official.to_official(model, test_official.TO_OFFICIAL_VQVAE, ((".layers.", ".model."),))
+            else:
+                model = prior.Prior(official.prior_config(relative.split("/")[0] if name == 2 else
+                                                          f"upsampler_level_{name}"))
+                state = test_official.to_official(model, test_official.TO_OFFICIAL_PRIOR)
+            test_official.official_file(path, state, {}, "legacy")  # the format of the released (torch 1.4) files
+    return root
+
+
+def test_official_release_samples_every_level(release, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(["--official", release, "--model", "1b_lyrics", "--seconds", 0.06, "--out", out], capsys)
+    assert code == 0, err
+    for level in range(3):
+        assert soundfile.info(str(out / f"level_{level}" / "item_0.wav")).frames == 2560
+    saved = torch.load(out / "codes.pt", weights_only=True)
+    assert saved["official"] == {"dir": str(release), "model": "1b_lyrics"} and saved["levels_done"] == [2, 1, 0]
+    # the same models again; half precision: the blocks load in bfloat16, the rest stays float32
+    code, err = run_cli(["--continue", out / "codes.pt", "--seconds", 0.09, "--levels", 2, "--dtype", "bfloat16"],
+                        capsys)
+    assert code == 0, err
+    assert torch.load(out / "codes.pt", weights_only=True)["codes"][2].shape == (1, 31)
+
+
+def test_official_missing_file_names_its_url(release, tmp_path, capsys):
+    expect_user_error(["--official", release, "--model", "5b", "--out", tmp_path / "out"], capsys,
+                      "5b/prior_level_2.pth.tar: missing", "https://openaipublic.azureedge.net/jukebox/models/5b/")
+    expect_user_error(["--official", tmp_path, "--model", "1b_lyrics"], capsys, "vqvae.pth.tar: missing")
+    expect_user_error(["--official", release], capsys, "--model")
+    broken = tmp_path / "broken"
+    shutil.copytree(release, broken)
+    top = broken / "1b_lyrics" / "prior_level_2.pth.tar"
+    top.write_bytes(top.read_bytes()[:1000])  # a cut download: read when level 2 starts
+    expect_user_error(["--official", broken, "--model", "1b_lyrics", "--seconds", 0.03, "--out", tmp_path / "o"],
+                      capsys, str(top), "not a readable checkpoint", "download it again")
+    expect_user_error(["--official", release, "--model", "1b_lyrics", "--top", "x.pt"], capsys, "--official")
