@@ -56,6 +56,9 @@ def test_output_check_tells_music_from_silence_noise_and_drift():
     assert any("silent" in p for p in recipe.judge(recipe.audio_figures(silence, rate)))
     noise = 0.1 * rng.standard_normal(3 * rate)
     assert any("noise-like" in p for p in recipe.judge(recipe.audio_figures(noise, rate)))
+    brown = np.cumsum(noise)  # coloured noise: low full-band flatness, yet noise
+    brown = 0.1 * (brown - np.convolve(brown, np.ones(200) / 200, "same")) / np.abs(brown).max()
+    assert any("noise-like" in p for p in recipe.judge(recipe.audio_figures(brown, rate)))
     drift = 0.05 + 0.001 * np.sin(2 * np.pi * 2 * np.arange(3 * rate) / rate)  # DC offset with a slow wobble
     assert any("rumble" in p for p in recipe.judge(recipe.audio_figures(drift, rate)))
     drone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(3 * rate) / rate)  # one steady tone
