@@ -17,13 +17,15 @@ import dataclasses
 import math
 import os
 import sys
+import warnings
 
 import soundfile
 import torch
 from tqdm import tqdm
 
 import official
-from data import AudioError, load_audio
+import data
+from data import AudioError, load_audio, lyric_window
 from prior import Prior, PriorConfig, make_y
 from vqvae import VQVAE, VQVAEConfig
 
@@ -63,28 +65,38 @@ def windows(total, n_ctx, hop):
     return [(start, start + n_ctx) for start in window_starts(total, n_ctx, hop)]
 
 
-def window_labels(y, start, n_ctx, samples_per_token):
-    """The label vector y (B, n_y) of FACTS §3.6 for the window starting at token `start` of its level."""
+def window_labels(y, start, n_ctx, samples_per_token, lyrics=(), n_lyric_tokens=0):
+    """The label vector y (B, n_y) of FACTS §3.6 for the window starting at token `start` of its level.
+
+    y is the song's vector at offset 0; lyrics are the token ids of the whole song's lyrics, of which a prior with
+    n_lyric_tokens > 0 gets the n_lyric_tokens that go with this window (the last n_lyric_tokens entries of y).
+    """
     y = y.clone()
     y[:, 1] += start * samples_per_token  # offset in raw samples: drives the top prior's timing embeddings
     y[:, 2] = n_ctx * samples_per_token  # jukebox: the prior's full window length, even for a partial window
-    # (issue 8, lyrics: the lyric tokens of y are re-centred on this window here.)
+    if n_lyric_tokens:
+        for row in y:  # (n_y,): the lyrics are assumed spread evenly over the song; centred on this window
+            # jukebox: the window's centre is offset + y[2] / 2, y[2] the full window even for a partial one
+            window, _ = lyric_window(lyrics, n_lyric_tokens, int(row[0]), int(row[1]), int(row[2]))
+            row[-n_lyric_tokens:] = torch.tensor(window)
     return y
 
 
 def sample_level(prior, codes, level, total, samples_per_token, y, settings, upper=None, upper_ratio=4,
-                 generator=None, progress=None):
+                 generator=None, progress=None, lyrics=()):
     """Extend codes[level] (B, T) to (B, total) in place, window by window.
 
     `prior` is anything with `config.n_ctx` and the `Prior.sample` signature. Tokens already in codes[level]
     (a prime, or a run being continued) are kept and primed on, never sampled again; each window samples only
     the tokens after them. `upper` (B, total // upper_ratio) are the codes of the level above, for an
     upsampler: a window [start, end) is conditioned on exactly upper[:, start // ratio : end // ratio].
-    `progress(k)` is told each time k tokens of every sample in the batch are done.
+    `progress(k)` is told each time k tokens of every sample in the batch are done. `lyrics`: the token ids of the
+    song's lyrics, for a lyric-conditioned prior (see window_labels).
     """
     n_ctx = prior.config.n_ctx
     hop = int(settings.hop_fraction[level] * n_ctx)  # jukebox: int(hop_fraction * n_ctx), e.g. top 1024
     batch = codes[level].shape[0]
+    n_lyric_tokens = prior.config.n_lyric_tokens if getattr(prior.config, "lyrics", "none") != "none" else 0
     for start, end in windows(total, n_ctx, hop):
         have = codes[level].shape[1]
         assert have >= start, f"gap: window starts at {start} but only {have} tokens exist"
@@ -95,7 +107,7 @@ def sample_level(prior, codes, level, total, samples_per_token, y, settings, upp
             assert start % upper_ratio == 0 and end % upper_ratio == 0, "upsampler windows align with the level above"
             window_upper = upper[:, start // upper_ratio:end // upper_ratio]  # (B, (end - start) / ratio)
             assert window_upper.shape[1] * upper_ratio == end - start, "too few codes in the level above"
-        y_window = window_labels(y, start, n_ctx, samples_per_token)
+        y_window = window_labels(y, start, n_ctx, samples_per_token, lyrics, n_lyric_tokens)
         new = []
         for rows in torch.arange(batch).split(settings.batch_size):  # jukebox: max_batch_size per call
             prime = codes[level][rows, start:]  # (b, have - start): the overlap with the previous window
@@ -118,8 +130,9 @@ def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_f
     """Sample `levels` top to bottom, each to total_samples // hop_lengths[level] tokens; codes updated in place.
 
     prior_for(level) -> the prior of that level (loaded only when its turn comes, so one prior is in memory at
-    a time); labels_for(prior) -> its base label vector y (B, n_y); on_level_done(level) is called as soon as a
-    level is complete, so its outputs are written before the next (slower) level starts.
+    a time); labels_for(prior) -> (its label vector y (B, n_y) at offset 0, the song's lyric token ids);
+    on_level_done(level) is called as soon as a level is complete, so its outputs are written before the next
+    (slower) level starts.
     """
     top = len(hop_lengths) - 1
     for level in sorted(levels, reverse=True):
@@ -131,10 +144,11 @@ def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_f
             upper, ratio = codes[level + 1], hop_lengths[level + 1] // hop_lengths[level]
             assert upper.shape[1] * ratio >= total, f"level {level + 1} has too few codes to upsample"
         prior = prior_for(level)
+        y, lyrics = labels_for(prior)
         with tqdm(total=total - have, unit="tok", desc=f"level {level} ({LEVEL_NAMES.get(level, level)})",
                   dynamic_ncols=True) as bar:
-            sample_level(prior, codes, level, total, hop_lengths[level], labels_for(prior), settings, upper=upper,
-                         upper_ratio=ratio, generator=generator, progress=bar.update)
+            sample_level(prior, codes, level, total, hop_lengths[level], y, settings, upper=upper,
+                         upper_ratio=ratio, generator=generator, progress=bar.update, lyrics=lyrics)
         del prior  # one prior in memory at a time
         if on_level_done is not None:
             on_level_done(level)
@@ -207,7 +221,7 @@ def load_prime(path, vqvae, total_samples, prime_seconds=None):
     return torch.from_numpy(audio).view(1, -1, 1)  # (S,) -> (1, S, 1)
 
 
-def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoints, released=None):
+def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoints, released=None, song=None):
     """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically."""
     hops = vqvae_config.hop_lengths
     state = {
@@ -220,6 +234,7 @@ def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoin
         "vqvae": dataclasses.asdict(vqvae_config),  # codes mean something only with this VQ-VAE
         "checkpoints": checkpoints,  # stage -> path, the defaults when this run is continued or upsampled
         "official": released,  # or {"dir": DIR, "model": NAME}: the released models of --official DIR --model NAME
+        "song": song,  # {"artist", "genre", "lyrics"} given to the priors (None: unknown), kept when continued
     }
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # atomic: an interrupted save leaves the previous file intact
@@ -237,6 +252,68 @@ def load_codes(path, flag):
     if not isinstance(state, dict) or state.get("format") != CODES_FORMAT:
         raise UserError(f"{flag} {path}: not a sample.py codes file; pass the codes.pt of an earlier sample.py run")
     return state
+
+
+def song_text(args, saved):
+    """The song's {"artist", "genre", "lyrics"}: the flags, else those of the run being continued (None: unknown)."""
+    song = {"artist": None, "genre": None, "lyrics": "", **((saved.get("song") or {}) if saved else {})}
+    if args.lyrics:
+        if not os.path.isfile(args.lyrics):
+            raise UserError(f"--lyrics {args.lyrics}: no such file; pass a text file of the lyrics, or --lyrics-text")
+        try:
+            with open(args.lyrics, encoding="utf-8") as f:
+                song["lyrics"] = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--lyrics {args.lyrics}: cannot read it as UTF-8 text ({type(e).__name__}); save it "
+                            "as UTF-8 text") from None
+    if args.lyrics_text is not None:
+        song["lyrics"] = args.lyrics_text
+    song.update({k: getattr(args, k) for k in ("artist", "genre") if getattr(args, k) is not None})
+    return song
+
+
+def prior_labels(config, song, song_samples):
+    """(y (1, n_y) at offset 0, the song's lyric token ids) for one prior, with the ids of its label version
+    (v2 for 5b, 5b_lyrics and the upsamplers, v3 for 1b_lyrics). An unknown name becomes 0 with a warning."""
+    version = config.label_version
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        artist = data.artist_id(song["artist"], version) if song["artist"] else 0  # 0: "unknown" in every table
+        genres = data.genre_ids(song["genre"], version) if song["genre"] else [0]
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    genres = [g for g in genres if g >= 0][:config.max_genres]  # make_y pads with -1 again
+    if artist >= config.n_artists or max(genres) >= config.n_genres:
+        raise UserError(f"artist id {artist} / genre ids {genres} (ids v{version}) are outside the level-{config.level} "
+                        f"prior's {config.n_artists} artists / {config.n_genres} genres; pick another --artist/--genre")
+    lyrics = data.tokenize_lyrics(song["lyrics"], version) if config.lyrics != "none" else []
+    return make_y(config, artist, genres, total_length=song_samples)[None], lyrics  # (n_y,) -> (1, n_y)
+
+
+def list_names(args, kind, query):
+    """--list-artists / --list-genres: the table of the chosen model's label version, or the names like QUERY."""
+    if args.model:
+        config, source = official.prior_config(args.model), f"--model {args.model}"
+    else:
+        path = checkpoint_paths(args, {}).get("top")
+        if path is None:
+            raise UserError(f"--list-{kind}s: which id tables? pass --model {' | '.join(official.MODELS)} or the "
+                            "--top PATH of the prior to sample with")
+        config, source = checkpoint_file(path, "top", "--top").config, path
+    version = config.label_version
+    table = data.load_ids(kind, version)
+    names = list(table)
+    if query:
+        key = data.normalize_name(query, version)
+        names = sorted((name for name in table if key in name), key=lambda name: (len(name), name))
+        names += [name for name in data.closest_names(query, kind, version, n=10) if name not in names]
+    print(f"# {kind}s of ids/v{version}_{kind}_ids.txt (the label version of {source}): id, name"
+          + (f"; matching {query!r}" if query else ""))
+    for name in names:
+        print(f"{table[name]}\t{name}")
+    if not names:
+        print(f"no {kind} like {query!r}; try a shorter query", file=sys.stderr)
+    return 0
 
 
 def write_wavs(folder, audio, rate, first=0):
@@ -427,8 +504,12 @@ def run(args):
     song_samples = saved["song_samples"] if saved and args.song_seconds is None else int(
         (args.song_seconds or 0) * rate)
     song_samples = max(song_samples, total_samples)
+    song = song_text(args, saved)
     for level in levels:
         config = prior_files[level].config
+        if config.is_top and config.lyrics == "none" and song["lyrics"]:
+            print(f"warning: the top prior ({prior_files[level].origin}) is not conditioned on lyrics; they are "
+                  "ignored (1b_lyrics and 5b_lyrics are)", file=sys.stderr)
         if config.is_top and args.song_seconds is None and not saved:  # e.g. the 5b prior knows songs >= 60 s
             song_samples = max(song_samples, math.ceil(config.min_duration * rate))
         upper_missing = level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
@@ -451,19 +532,24 @@ def run(args):
     mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
     print(f"sample.py: {mode}, {batch} x {total_samples / rate:.2f} s of a {song_samples / rate:.2f} s song "
           f"at {rate} Hz -> {out}/")
+    labels = {level: prior_labels(prior_files[level].config, song, song_samples) for level in levels}
+    print(f"  song    artist {song['artist'] or 'unknown'}, genre {song['genre'] or 'unknown'}, "
+          f"{len(song['lyrics'])} characters of lyrics")
     print(f"  vqvae   {vq_file.path} ({vq_file.origin})")
     for level in levels:
         file = prior_files[level]
         hop = int(settings.hop_fraction[level] * file.config.n_ctx)
         print(f"  level {level} ({LEVEL_NAMES[level]}) {file.path} ({file.origin}): {codes[level].shape[1]} -> "
               f"{total_samples // hops[level]} tokens, n_ctx {file.config.n_ctx}, window hop {hop}, "
-              f"temperature {settings.temperature[level]}")
+              f"temperature {settings.temperature[level]}, labels v{file.config.label_version}: artist "
+              f"{int(labels[level][0][0, 3])}, genres {labels[level][0][0, 4:file.config.n_labels].tolist()}"
+              + (f", {len(labels[level][1])} lyric tokens" if file.config.lyrics != "none" else ""))
     print(f"  top_k {settings.top_k}, top_p {settings.top_p}, chunk_size {settings.chunk_size}, batch_size "
           f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
 
     def save(level=None):
         save_codes(codes_path, codes, total_samples, song_samples, vq.config, {} if args.official else paths,
-                   dict(dir=args.official, model=args.model) if args.official else None)
+                   dict(dir=args.official, model=args.model) if args.official else None, song)
         if level is not None:
             for i in range(0, batch, settings.batch_size):  # a few samples at a time bounds the decoder's memory
                 audio = vq.decode(codes[level][i:i + settings.batch_size], level)  # (b, T_level * hop, 1)
@@ -473,9 +559,9 @@ def run(args):
     def prior_for(level):  # built when its level starts; the previous prior is freed by then
         return prior_files.pop(level).build().to(args.device)
 
-    def labels_for(prior):
-        # (issue 8 adds --artist/--genre/--lyrics here.) Artist 0 and genre 0 are "unknown" in the id tables.
-        return make_y(prior.config, artist=0, genres=[0], total_length=song_samples).to(args.device).expand(batch, -1)
+    def labels_for(prior):  # the song's y at offset 0 (B, n_y) and its lyrics; sample_level moves both per window
+        y, lyrics = labels[prior.config.level]
+        return y.to(args.device).expand(batch, -1), lyrics
 
     generator = torch.Generator(args.device).manual_seed(args.seed)
     try:
@@ -531,7 +617,18 @@ def main(argv=None):
              "(5b/vqvae.pth.tar, 5b/prior_level_{0,1}.pth.tar, MODEL/prior_level_2.pth.tar); needs --model")
     arg("--model", default=None, choices=list(official.MODELS),
         help="which released top prior: 5b, 5b_lyrics or 1b_lyrics (1b_lyrics fits a consumer GPU)")
-    # (issue 8 adds --artist, --genre, --lyrics.)
+    arg("--artist", default=None, metavar="NAME",
+        help="artist the priors are conditioned on, looked up in the id table of each prior's label version "
+             "(unknown names become 0 with a warning naming the closest; see --list-artists); default unknown")
+    arg("--genre", default=None, metavar="NAME", help="genre, likewise (see --list-genres); default unknown")
+    lyrics = parser.add_mutually_exclusive_group()
+    lyrics.add_argument("--lyrics", default=None, metavar="FILE",
+                        help="UTF-8 text file of the lyrics, for a lyric-conditioned top prior (1b_lyrics, 5b_lyrics); "
+                             "they are assumed spread evenly over the song (--song-seconds)")
+    lyrics.add_argument("--lyrics-text", default=None, metavar="TEXT", help="the lyrics given inline instead")
+    arg("--list-artists", nargs="?", const="", default=None, metavar="QUERY",
+        help="print the artists (names like QUERY) of the id table of --model, or of the top prior, and exit")
+    arg("--list-genres", nargs="?", const="", default=None, metavar="QUERY", help="the same for genres")
     arg("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]",
         help="softmax temperature, one value or bottom,middle,top (default %(default)s, the original notebook's)")
     arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
@@ -551,6 +648,11 @@ def main(argv=None):
         help="torch device (default cuda if available, else cpu)")
     args = parser.parse_args(argv)
     try:
+        if args.list_artists is not None or args.list_genres is not None:
+            kind, query = ("artist", args.list_artists) if args.list_artists is not None else ("genre", args.list_genres)
+            return list_names(args, kind, query)
+        if args.model and not args.official:
+            raise UserError(f"--model {args.model} needs --official DIR, the folder of the released files")
         if args.n < 1 or args.batch_size < 1 or args.chunk_size < 1:
             raise UserError("--n, --batch-size and --chunk-size must be at least 1")
         if args.seconds is not None and args.seconds <= 0:

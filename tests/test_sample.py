@@ -40,7 +40,7 @@ class DummyPrior:
 
 
 def labels(batch):
-    return lambda model: torch.tensor([[10_000_000, 0, 0, 0, -1]]).expand(batch, -1)
+    return lambda model: (torch.tensor([[10_000_000, 0, 0, 0, -1]]).expand(batch, -1), [])  # (y, lyric tokens)
 
 
 def run_levels(total_samples, n_ctx=(64, 64, 32), hop_lengths=(2, 8, 32), prime=None, batch=2, levels=(2, 1, 0),
@@ -59,7 +59,7 @@ def test_windows_cover_every_token_once(total, n_ctx, hop_fraction):
     dummy = DummyPrior(n_ctx, samples_per_token=1)
     codes = [torch.zeros(3, 0, dtype=torch.long)]
     settings = sample.Settings(hop_fraction=(hop_fraction,), batch_size=2)
-    sample.sample_level(dummy, codes, 0, total, 1, labels(3)(dummy), settings)
+    sample.sample_level(dummy, codes, 0, total, 1, labels(3)(dummy)[0], settings)
     assert torch.equal(codes[0], (torch.arange(total) % K).expand(3, -1))  # exact, no gap, nothing shifted
     calls = dummy.calls[::2]  # two calls per window: batch 3 in pieces of 2
     assert sum(c["sample_tokens"] - (0 if c["prime"] is None else c["prime"].shape[1]) for c in calls) == total
@@ -368,3 +368,74 @@ def test_official_missing_file_names_its_url(release, tmp_path, capsys):
     expect_user_error(["--official", broken, "--model", "1b_lyrics", "--seconds", 0.03, "--out", tmp_path / "o"],
                       capsys, str(top), "not a readable checkpoint", "download it again")
     expect_user_error(["--official", release, "--model", "1b_lyrics", "--top", "x.pt"], capsys, "--official")
+
+
+# ---- artist, genre and lyrics (issue 8) ------------------------------------------------------------------
+
+def test_lyric_window_follows_every_sampling_window():
+    tokens, n = list(range(1, 201)), 8  # 200 characters of lyrics, 8 per window
+    dummy = DummyPrior(n_ctx=32, samples_per_token=4)
+    dummy.config.lyrics, dummy.config.n_lyric_tokens = "merged", n
+    y = torch.tensor([[400, 0, 0, 0, -1] + [0] * n])  # a 400-sample song: 100 tokens of this level
+    sample.sample_level(dummy, [torch.zeros(1, 0, dtype=torch.long)], 0, 100, 4, y,
+                        sample.Settings(hop_fraction=(0.25,)), lyrics=tokens)
+    windows = [c["y"][0, -n:].tolist() for c in dummy.calls]
+    firsts = [window[0] for window in windows]
+    assert len(windows) > 3 and firsts == sorted(set(firsts))  # the lyrics move on with every window
+    for c, window in zip(dummy.calls, windows):  # centred on each window's middle, as in training
+        assert window == data.lyric_window(tokens, n, 400, c["start"] * 4, 32 * 4)[0]
+
+
+def test_artist_genre_lyrics_reach_every_window(release, tmp_path, capsys, monkeypatch):
+    seen = []
+    real_sample = prior.Prior.sample
+
+    def spy(self, n, y, *args, **kwargs):
+        seen.append((self.config, y.clone()))
+        return real_sample(self, n, y, *args, **kwargs)
+
+    monkeypatch.setattr(prior.Prior, "sample", spy)
+    lyrics = tmp_path / "lyrics.txt"
+    lyrics.write_text("I met a traveller from an antique land, who said: two vast and trunkless legs of stone\n")
+    out = tmp_path / "out"
+    argv = ["--official", release, "--model", "1b_lyrics", "--artist", "Zac Brown Band", "--genre", "Country",
+            "--lyrics", lyrics, "--seconds", 0.2, "--levels", 2, "--out", out]
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    tokens = data.tokenize_lyrics(lyrics.read_text(), 3)
+    assert len(seen) > 3  # several top windows (68 tokens, n_ctx 48, hop 6)
+    song = torch.load(out / "codes.pt", weights_only=True)["song_samples"]
+    for config, y in seen:  # v3 ids (FACTS §8) and the lyric window of each window
+        assert (int(y[0, 3]), int(y[0, 4])) == (7169, 507)
+        assert y[0, config.n_labels:].tolist() == data.lyric_window(tokens, 16, song, int(y[0, 1]), int(y[0, 2]))[0]
+    assert seen[0][1][0, -16:].tolist() != seen[-1][1][0, -16:].tolist()
+    seen.clear()
+    code, err = run_cli(["--upsample", out / "codes.pt", "--levels", 1], capsys)  # the stored song is kept
+    assert code == 0, err
+    assert seen and all((int(y[0, 3]), y[0, 4:9].tolist()) == (1069, [11, -1, -1, -1, -1]) for _, y in seen)  # v2
+
+
+def test_unknown_artist_warns_with_the_closest_names(capsys):
+    config = prior.preset("tiny", level=2)
+    y, lyrics = sample.prior_labels(config, {"artist": "Zac Brwn Bnd", "genre": None, "lyrics": "la"}, 44100)
+    assert int(y[0, 3]) == 0 and lyrics == []  # a prior without lyrics gets none
+    err = capsys.readouterr().err
+    assert err.startswith("warning: artist 'Zac Brwn Bnd'") and "zac_brown_band" in err and err.count("\n") == 1
+
+
+def test_list_artists_and_genres(models, tmp_path, capsys):
+    assert sample.main(["--list-artists", "zac brown", "--model", "1b_lyrics"]) == 0
+    assert "7169\tzac brown band" in capsys.readouterr().out.splitlines()
+    assert sample.main(["--list-genres", "country", "--model", "5b"]) == 0  # v2
+    assert "11\tcountry" in capsys.readouterr().out.splitlines()
+    runs, _ = models
+    assert sample.main(["--list-genres", "--runs", str(runs)]) == 0  # the whole table of the top prior's version
+    assert len(capsys.readouterr().out.splitlines()) == 1 + len(data.load_ids("genre", 2))
+    expect_user_error(["--list-artists", "--runs", tmp_path], capsys, "--model")
+
+
+def test_bad_label_flags(models, tmp_path, capsys):
+    runs, _ = models
+    expect_user_error(["--runs", runs, "--lyrics", tmp_path / "nope.txt", "--out", tmp_path / "o"], capsys,
+                      "--lyrics", "no such file")
+    expect_user_error(["--model", "5b", "--runs", runs], capsys, "--official")

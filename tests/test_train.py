@@ -116,6 +116,32 @@ def test_prior_stage_learns(toy, vq_run, tmp_path, stage, lyrics):
     assert rate == cfg.sample_rate and len(sampled) == cfg.sample_length
 
 
+def test_top_prior_trains_on_each_windows_lyrics(toy, vq_run, tmp_path, monkeypatch):
+    """--lyrics merged: the sidecar lyrics reach y, the characters that go with each window's place in its song."""
+    seen = []
+    real_forward = train.prior.Prior.forward
+
+    def spy(self, tokens, y, upper=None):
+        seen.append(y.clone())
+        return real_forward(self, tokens, y, upper)
+
+    monkeypatch.setattr(train.prior.Prior, "forward", spy)
+    run("--stage", "top", "--lyrics", "merged", *FAST, "--data", toy / "many", "--vqvae", vq_run, "--out", tmp_path,
+        "--steps", 2)
+    cfg = train.prior.PriorConfig(**load(tmp_path / "ckpt_0000002.pt")["config"])
+    songs = []  # each toy song's lyrics as v3 character ids
+    for path in sorted((toy / "many").glob("toy_*.json")):
+        with open(path) as f:
+            songs.append(data.tokenize_lyrics(json.load(f)["lyrics"], cfg.label_version))
+    rows = torch.cat(seen)  # (4, n_y): 2 steps x batch 2
+    assert len(rows) == 4 and all(len(tokens) > cfg.n_lyric_tokens for tokens in songs)
+    for y in rows:
+        total, offset, lyrics = int(y[0]), int(y[1]), y[cfg.n_labels:].tolist()
+        assert lyrics in [data.lyric_window(tokens, cfg.n_lyric_tokens, total, offset, cfg.sample_length)[0]
+                          for tokens in songs]
+    assert len({tuple(y[cfg.n_labels:].tolist()) for y in rows}) > 1  # different windows, different lyrics
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_mixed_precision_trains(toy, vq_run, tmp_path, dtype):
     """autocast on CPU; fp16 adds the GradScaler, whose first steps are skipped (inf gradients at scale 65536)."""
