@@ -565,7 +565,7 @@ class Prior(nn.Module):
     # -- sampling ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n, y, upper=None, prime=None, sample_tokens=None, temperature=1.0, top_k=0, top_p=0.0,
-               chunk_size=32, generator=None, dtype=None, mask_lyric_ids=False, return_logits=False):
+               chunk_size=32, generator=None, dtype=None, mask_lyric_ids=False, return_logits=False, progress=None):
         """Sample codes (n, sample_tokens), starting with `prime` (n, P) if given.
 
         The prime is pushed through the transformer in chunks of chunk_size (None: all at once) to fill the
@@ -576,6 +576,8 @@ class Prior(nn.Module):
         "merged" (1b_lyrics): the lyric characters in y are the first part of the prime. jukebox: the merged
         vocabulary is not masked, a character id drawn at a music position becomes code 0; mask_lyric_ids=True
         forbids them instead. return_logits=True also returns the raw logits (n, L, V) of every position.
+        progress: called with the number of new tokens (n, one per sample) after each sampled position, e.g. a
+        tqdm bar's update, for per-token speed and ETA.
         """
         c = self.config
         sample_tokens = c.n_ctx if sample_tokens is None else sample_tokens
@@ -607,6 +609,8 @@ class Prior(nn.Module):
                 logits[:, :c.lyric_vocab] = -math.inf
             probs = filter_logits(logits, top_k, top_p).softmax(dim=-1)
             prev[:, position + 1] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            if progress is not None:
+                progress(n)
         self.reset_cache()
         tokens = prev[:, 1 + n_prefix:]                             # (n, sample_tokens)
         if c.lyrics == "merged":

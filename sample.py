@@ -90,8 +90,8 @@ def sample_level(prior, codes, level, total, samples_per_token, y, settings, upp
     (a prime, or a run being continued) are kept and primed on, never sampled again; each window samples only
     the tokens after them. `upper` (B, total // upper_ratio) are the codes of the level above, for an
     upsampler: a window [start, end) is conditioned on exactly upper[:, start // ratio : end // ratio].
-    `progress(k)` is told each time k tokens of every sample in the batch are done. `lyrics`: the token ids of the
-    song's lyrics, for a lyric-conditioned prior (see window_labels).
+    `progress(k)` is told of k new tokens (summed over the batch) after each sampled position (Prior.sample's
+    progress). `lyrics`: the token ids of the song's lyrics, for a lyric-conditioned prior (see window_labels).
     """
     n_ctx = prior.config.n_ctx
     hop = int(settings.hop_fraction[level] * n_ctx)  # jukebox: int(hop_fraction * n_ctx), e.g. top 1024
@@ -115,11 +115,10 @@ def sample_level(prior, codes, level, total, samples_per_token, y, settings, upp
                 len(rows), y_window[rows], upper=None if window_upper is None else window_upper[rows],
                 prime=prime if prime.shape[1] > 0 else None, sample_tokens=end - start,
                 temperature=settings.temperature[level], top_k=settings.top_k, top_p=settings.top_p,
-                chunk_size=settings.chunk_size, generator=generator, dtype=settings.dtype)  # (b, end - start)
+                chunk_size=settings.chunk_size, generator=generator, dtype=settings.dtype,
+                progress=progress)  # (b, end - start)
             new.append(out[:, have - start:])  # (b, end - have): only the tokens sampled now
         codes[level] = torch.cat([codes[level], torch.cat(new).to(codes[level].device)], dim=1)
-        if progress is not None:
-            progress(end - have)
     return codes[level]
 
 
@@ -145,8 +144,9 @@ def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_f
             assert upper.shape[1] * ratio >= total, f"level {level + 1} has too few codes to upsample"
         prior = prior_for(level)
         y, lyrics = labels_for(prior)
-        with tqdm(total=total - have, unit="tok", desc=f"level {level} ({LEVEL_NAMES.get(level, level)})",
-                  dynamic_ncols=True) as bar:
+        batch = codes[level].shape[0]  # the bar counts every sample's tokens: tokens/s and ETA per sampled token
+        with tqdm(total=(total - have) * batch, unit="tok", desc=f"level {level} ({LEVEL_NAMES.get(level, level)}, "
+                  f"{batch} x {total - have})", dynamic_ncols=True, smoothing=0.05) as bar:
             sample_level(prior, codes, level, total, hop_lengths[level], y, settings, upper=upper,
                          upper_ratio=ratio, generator=generator, progress=bar.update, lyrics=lyrics)
         del prior  # one prior in memory at a time

@@ -113,6 +113,9 @@ def test_sampling_is_reproducible_with_a_generator():
     assert torch.equal(draw(5, top_k=3), draw(5, top_k=3))
     prime = draw(2)[:, :10]  # the prefill's chunking does not change the draw
     assert torch.equal(draw(3, prime=prime, chunk_size=None), draw(3, prime=prime, chunk_size=3))
+    told = []  # progress: n new tokens after each sampled position, none for the prime; the draw is unchanged
+    assert torch.equal(draw(3, prime=prime, progress=told.append), draw(3, prime=prime))
+    assert told == [2] * (24 - 10)
 
 
 def test_reduced_precision_sampling_runs_close_to_float32():

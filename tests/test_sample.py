@@ -30,12 +30,14 @@ class DummyPrior:
         self.calls = []
 
     def sample(self, n, y, upper=None, prime=None, sample_tokens=None, temperature=1.0, top_k=0, top_p=0.0,
-               chunk_size=32, generator=None, dtype=None):
+               chunk_size=32, generator=None, dtype=None, progress=None):
         start = int(y[0, 1]) // self.samples_per_token
         primed = 0 if prime is None else prime.shape[1]
         assert 0 <= primed < sample_tokens <= self.config.n_ctx
         self.calls.append(dict(start=start, prime=prime, sample_tokens=sample_tokens, upper=upper, y=y.clone()))
         new = ((start + torch.arange(primed, sample_tokens)) % K).expand(n, -1)  # (n, sample_tokens - primed)
+        if progress is not None:
+            progress(new.numel())  # all at once; Prior.sample tells n after each position
         return new if prime is None else torch.cat([prime, new], dim=1)
 
 
@@ -59,8 +61,10 @@ def test_windows_cover_every_token_once(total, n_ctx, hop_fraction):
     dummy = DummyPrior(n_ctx, samples_per_token=1)
     codes = [torch.zeros(3, 0, dtype=torch.long)]
     settings = sample.Settings(hop_fraction=(hop_fraction,), batch_size=2)
-    sample.sample_level(dummy, codes, 0, total, 1, labels(3)(dummy)[0], settings)
+    told = []
+    sample.sample_level(dummy, codes, 0, total, 1, labels(3)(dummy)[0], settings, progress=told.append)
     assert torch.equal(codes[0], (torch.arange(total) % K).expand(3, -1))  # exact, no gap, nothing shifted
+    assert sum(told) == 3 * total  # every sampled token of every sample, once
     calls = dummy.calls[::2]  # two calls per window: batch 3 in pieces of 2
     assert sum(c["sample_tokens"] - (0 if c["prime"] is None else c["prime"].shape[1]) for c in calls) == total
     assert calls[0]["prime"] is None  # the first window is ancestral
@@ -345,6 +349,7 @@ def test_official_release_samples_every_level(release, tmp_path, capsys):
     out = tmp_path / "out"
     code, err = run_cli(["--official", release, "--model", "1b_lyrics", "--seconds", 0.06, "--out", out], capsys)
     assert code == 0, err
+    assert all(f"{n}/{n} [" in err for n in (20, 80, 320))  # each level's bar, per sampled token, completes
     for level in range(3):
         assert soundfile.info(str(out / f"level_{level}" / "item_0.wav")).frames == 2560
     saved = torch.load(out / "codes.pt", weights_only=True)
