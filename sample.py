@@ -368,6 +368,7 @@ class ModelFile:
     config: object  # VQVAEConfig or PriorConfig
     origin: str  # "step N" of a train.py run, or "released NAME"
     build: object  # () -> the model in eval mode, on the CPU
+    vqvae_config: dict = None  # a prior's: the config of the VQ-VAE it was trained on (train.py saves it)
 
 
 def checkpoint_file(path, stage, flag):
@@ -375,7 +376,7 @@ def checkpoint_file(path, stage, flag):
     model_class, config_class = (VQVAE, VQVAEConfig) if stage == "vqvae" else (Prior, PriorConfig)
     ckpt = load_checkpoint(path, stage, flag)
     return ModelFile(path, config_class(**ckpt["config"]), f"step {ckpt['step']}",
-                     lambda: build_model(ckpt, model_class, config_class))
+                     lambda: build_model(ckpt, model_class, config_class), ckpt.get("vqvae_config"))
 
 
 def released_files(directory, model, levels, dtype):
@@ -444,6 +445,12 @@ def load_models(args, levels, stored, device, dtype=None):
     prior_files = {level: files[LEVEL_NAMES[level]] for level in levels}
     for level, file in prior_files.items():
         check_prior_matches(file.config, vq.config, file.path, f"--{LEVEL_NAMES[level]}")
+        trained_on = file.vqvae_config  # None in checkpoints older than this check: codebook and hops checked only
+        if trained_on is not None and trained_on != dataclasses.asdict(vq.config):
+            differ = [k for k, v in dataclasses.asdict(vq.config).items() if trained_on.get(k) != v]
+            raise UserError(f"--{LEVEL_NAMES[level]} {file.path}: this prior was trained on another VQ-VAE than "
+                            f"{vq_file.path} (config differs in {', '.join(differ[:4])}); pass the --vqvae it was "
+                            "trained with")
     return paths, vq, vq_file, prior_files
 
 

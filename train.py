@@ -235,7 +235,8 @@ def make_dataset(args, sample_rate, sample_length, **seconds):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stages: each returns (model, config, dataset, inputs: batch -> model arguments, listen: writes example audio)
+# Stages: each returns (model, config, dataset, inputs: batch -> model arguments, listen: writes example audio,
+# extra: more entries for every checkpoint)
 
 def setup_vqvae_stage(args, ckpt, dataset_for, device):
     """The VQ-VAE: rebuilt from the checkpoint's config on resume, else the preset plus an estimated bandwidth."""
@@ -271,7 +272,7 @@ def setup_vqvae_stage(args, ckpt, dataset_for, device):
         write_audio(f"{prefix}_input.wav", audio, cfg.sample_rate)
         for level, codes in enumerate(model.encode(audio)):
             write_audio(f"{prefix}_recon_l{level}.wav", model.decode(codes, level), cfg.sample_rate)
-    return model, cfg, dataset, inputs, listen
+    return model, cfg, dataset, inputs, listen, {}
 
 
 def load_frozen_vqvae(path):
@@ -312,6 +313,9 @@ def setup_prior_stage(args, ckpt, dataset_for, device):
     if (cfg.codebook_size, tuple(cfg.hop_lengths)) != (vq_cfg.codebook_size, vq_cfg.hop_lengths):
         raise UserError(f"--vqvae {args.vqvae}: its codebook/hops ({vq_cfg.codebook_size}, {vq_cfg.hop_lengths}) are "
                         f"not those this prior was trained on; resume with the VQ-VAE the run started with")
+    if ckpt is not None and ckpt.get("vqvae_config", dataclasses.asdict(vq_cfg)) != dataclasses.asdict(vq_cfg):
+        raise UserError(f"--vqvae {args.vqvae}: not the VQ-VAE this run was trained on (its config differs); resume "
+                        "with the VQ-VAE the run started with")
     cfg = dataclasses.replace(cfg, gradient_checkpointing=args.grad_checkpoint)  # no effect on results or weights
     # The window of raw audio whose level-`level` codes fill the context: n_ctx * hop_length samples. The top
     # prior's timing embedding only covers songs of min..max_duration seconds, so others are left out.
@@ -341,7 +345,8 @@ def setup_prior_stage(args, ckpt, dataset_for, device):
         sampled = model.sample(1, y[:1], None if upper is None else upper[:1], generator=generator)  # (1, N)
         write_audio(f"{prefix}_sample.wav", encoder.decode(sampled, level), cfg.sample_rate)
         write_audio(f"{prefix}_data.wav", encoder.decode(tokens[:1], level), cfg.sample_rate)
-    return model, cfg, dataset, inputs, listen
+    # The VQ-VAE's config goes into every checkpoint: sample.py refuses to pair the prior with another VQ-VAE.
+    return model, cfg, dataset, inputs, listen, {"vqvae_config": dataclasses.asdict(vq_cfg)}
 
 
 def write_audio(path, audio, sample_rate):
@@ -414,7 +419,7 @@ def train(args, rank, local_rank, world_size, device, ddp):
     def dataset_for(sample_rate, sample_length, **seconds):
         return make_dataset(args, sample_rate, sample_length, **seconds)
     setup = setup_vqvae_stage if level is None else setup_prior_stage
-    model, cfg, dataset, inputs, listen = setup(args, ckpt, dataset_for, device)
+    model, cfg, dataset, inputs, listen, extra = setup(args, ckpt, dataset_for, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
                                   weight_decay=args.weight_decay)
@@ -485,7 +490,7 @@ def train(args, rank, local_rank, world_size, device, ddp):
         ema_sd = None if ema is None else {k: ema[ema_name[k]] if k in ema_name else v for k, v in sd.items()}
         ckpt = {"stage": args.stage, "step": step, "config": dataclasses.asdict(cfg), "train": run_config,
                 "model": sd, "ema": ema_sd, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rngs, "data_position": step * args.batch_size}
+                "rng": rngs, "data_position": step * args.batch_size, **extra}
         path = save_checkpoint(ckpt, args.out, args.keep)
         print(f"saved {path}")
 

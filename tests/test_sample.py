@@ -290,6 +290,19 @@ def test_vqvae_that_does_not_match_the_priors(models, tmp_path, capsys):
                       "codebook_size", "--vqvae")
 
 
+def test_prior_trained_on_another_vqvae(models, tmp_path, capsys):
+    runs, paths = models
+    ckpt = torch.load(paths["top"], weights_only=True)
+    vq_config = dataclasses.asdict(vqvae.preset("tiny"))  # what the models fixture saved: the pairing is right
+    torch.save({**ckpt, "vqvae_config": vq_config}, tmp_path / "right.pt")
+    code, err = run_cli(["--runs", runs, "--top", tmp_path / "right.pt", "--levels", 2, "--seconds", 0.03,
+                         "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    torch.save({**ckpt, "vqvae_config": {**vq_config, "commit_weight": 0.5}}, tmp_path / "other.pt")
+    expect_user_error(["--runs", runs, "--top", tmp_path / "other.pt", "--out", tmp_path / "b"], capsys,
+                      "--top", "another VQ-VAE", "commit_weight", "--vqvae")
+
+
 def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit) as e:
         sample.main(["--temprature", "0.9"])

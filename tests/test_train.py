@@ -112,6 +112,7 @@ def test_prior_stage_learns(toy, vq_run, tmp_path, stage, lyrics):
     cfg = train.prior.PriorConfig(**ckpt["config"])
     assert (ckpt["stage"], cfg.level, cfg.lyrics, cfg.codebook_size) == (stage, train.STAGE_LEVEL[stage], lyrics, 256)
     train.prior.Prior(cfg).load_state_dict(ckpt["ema"])
+    assert ckpt["vqvae_config"] == load(vq_run / "ckpt_0000004.pt")["config"]  # sample.py pairs them by it
     sampled, rate = sf.read(out / "step_0000003_sample.wav")
     assert rate == cfg.sample_rate and len(sampled) == cfg.sample_length
 
