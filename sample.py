@@ -8,6 +8,9 @@ window bookkeeping of the released sampler (facts: ../shared/jukebox/FACTS.md §
      saved codes) and the outputs (wavs and codes after each level).
   4. `main`: the command line.
 
+Labels: each prior gets the song's artist and genre as ids of its own label version (v3 for 1b_lyrics, v2 for the
+others), and a lyric-conditioned top prior the characters of its lyrics that go with each window (`window_labels`).
+
 Shapes: B samples in the batch, T tokens of one level, S raw audio samples. `codes` is a list indexed by
 level (0 bottom, 1 middle, 2 top) of LongTensors (B, T_level). Per-level settings are indexed the same way,
 as in the original's --hop_fraction. "samples per token" is the VQ-VAE hop length of a level (8, 32, 128).
@@ -283,9 +286,10 @@ def prior_labels(config, song, song_samples):
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     genres = [g for g in genres if g >= 0][:config.max_genres]  # make_y pads with -1 again
-    if artist >= config.n_artists or max(genres) >= config.n_genres:
-        raise UserError(f"artist id {artist} / genre ids {genres} (ids v{version}) are outside the level-{config.level} "
-                        f"prior's {config.n_artists} artists / {config.n_genres} genres; pick another --artist/--genre")
+    if artist >= config.n_artists or max(genres, default=0) >= config.n_genres:
+        raise UserError(f"artist id {artist} / genre ids {genres} (ids v{version}) are outside the level "
+                        f"{config.level} prior's {config.n_artists} artists / {config.n_genres} genres; pick another "
+                        "--artist/--genre")
     lyrics = data.tokenize_lyrics(song["lyrics"], version) if config.lyrics != "none" else []
     return make_y(config, artist, genres, total_length=song_samples)[None], lyrics  # (n_y,) -> (1, n_y)
 
@@ -656,8 +660,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.list_artists is not None or args.list_genres is not None:
-            kind, query = ("artist", args.list_artists) if args.list_artists is not None else ("genre", args.list_genres)
-            return list_names(args, kind, query)
+            if args.list_artists is not None:
+                return list_names(args, "artist", args.list_artists)
+            return list_names(args, "genre", args.list_genres)
         if args.model and not args.official:
             raise UserError(f"--model {args.model} needs --official DIR, the folder of the released files")
         if args.n < 1 or args.batch_size < 1 or args.chunk_size < 1:
