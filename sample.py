@@ -311,10 +311,12 @@ def list_names(args, kind, query):
         key = data.normalize_name(query, version)
         names = sorted((name for name in table if key in name), key=lambda name: (len(name), name))
         names += [name for name in data.closest_names(query, kind, version, n=10) if name not in names]
-    print(f"# {kind}s of ids/v{version}_{kind}_ids.txt (the label version of {source}): id, name"
-          + (f"; matching {query!r}" if query else ""))
-    for name in names:
-        print(f"{table[name]}\t{name}")
+    lines = [f"# {kind}s of ids/v{version}_{kind}_ids.txt (the label version of {source}): id, name"
+             + (f"; like {query!r}" if query else "")] + [f"{table[name]}\t{name}" for name in names]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # piped into head or the like, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if not names:
         print(f"no {kind} like {query!r}; try a shorter query", file=sys.stderr)
     return 0
