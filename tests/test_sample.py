@@ -332,27 +332,31 @@ TINY_RELEASE = {  # the released names, as tiny models with the released label t
                           "cond_dilation_cycle": 2},
     "1b_lyrics": {**official.HPARAMS["1b_lyrics"], **_TINY, "n_ctx": 48, "prior_width": 16, "prior_depth": 16,
                   "attn_order": 12, "n_tokens": 16, "min_duration": 0.5, "max_duration": 10.0},
+    "5b": {**official.HPARAMS["5b"], **_TINY, "min_duration": 0.5, "max_duration": 10.0},
+    "5b_lyrics": {**official.HPARAMS["5b_lyrics"], **_TINY, "prior_depth": 4, "attn_order": 6, "n_tokens": 16,
+                  "prime_width": 24, "prime_depth": 2, "prime_heads": 2, "prime_attn_order": 2, "prime_blocks": 4,
+                  "min_duration": 0.5, "max_duration": 10.0},
 }
 
 
 @pytest.fixture
 def release(tmp_path_factory, monkeypatch):
-    """DIR/5b/vqvae.pth.tar, DIR/5b/prior_level_{0,1}.pth.tar, DIR/1b_lyrics/prior_level_2.pth.tar: random tiny
-    models written in the original's format, with official.HPARAMS pointing the released names at them."""
+    """DIR/5b/vqvae.pth.tar, DIR/5b/prior_level_{0,1}.pth.tar, DIR/{5b,5b_lyrics,1b_lyrics}/prior_level_2.pth.tar:
+    random tiny models written in the original's format, with official.HPARAMS pointing the released names at them."""
     for name, hparams in TINY_RELEASE.items():
         monkeypatch.setitem(official.HPARAMS, name, hparams)
     root = tmp_path_factory.getbasetemp() / "release"
     if not root.exists():  # written once, read by every test (the HPARAMS patch is per test)
         torch.manual_seed(0)
-        for name, (relative, _) in zip(("vqvae", 0, 1, 2), official.MODELS["1b_lyrics"].values()):
+        files = {relative: name for model in official.MODELS.values() for relative, name in model.values()}
+        for relative, name in files.items():
             path = root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             if name == "vqvae":
-                model = vqvae.VQVAE(official.vqvae_config("vqvae"))
+                model = vqvae.VQVAE(official.vqvae_config(name))
                 state = test_official.to_official(model, test_official.TO_OFFICIAL_VQVAE, ((".layers.", ".model."),))
             else:
-                model = prior.Prior(official.prior_config(relative.split("/")[0] if name == 2 else
-                                                          f"upsampler_level_{name}"))
+                model = prior.Prior(official.prior_config(name))
                 state = test_official.to_official(model, test_official.TO_OFFICIAL_PRIOR)
             test_official.official_file(path, state, {}, "legacy")  # the format of the released (torch 1.4) files
     return root
@@ -374,8 +378,20 @@ def test_official_release_samples_every_level(release, tmp_path, capsys):
     assert torch.load(out / "codes.pt", weights_only=True)["codes"][2].shape == (1, 31)
 
 
+@pytest.mark.parametrize("model", ["5b", "5b_lyrics"])
+def test_official_top_priors(release, tmp_path, capsys, model):
+    code, err = run_cli(["--official", release, "--model", model, "--levels", 2, "--seconds", 0.03, "--artist",
+                         "Alan Jackson", "--genre", "country", "--lyrics-text", "la " * 50, "--out", tmp_path], capsys)
+    assert code == 0, err
+    assert soundfile.info(str(tmp_path / "level_2" / "item_0.wav")).frames == 1280
+    assert ("not conditioned on lyrics" in err) == (model == "5b")
+
+
 def test_official_missing_file_names_its_url(release, tmp_path, capsys):
-    expect_user_error(["--official", release, "--model", "5b", "--out", tmp_path / "out"], capsys,
+    partial = tmp_path / "partial"
+    shutil.copytree(release, partial)
+    (partial / "5b" / "prior_level_2.pth.tar").unlink()
+    expect_user_error(["--official", partial, "--model", "5b", "--out", tmp_path / "out"], capsys,
                       "5b/prior_level_2.pth.tar: missing", "https://openaipublic.azureedge.net/jukebox/models/5b/")
     expect_user_error(["--official", tmp_path, "--model", "1b_lyrics"], capsys, "vqvae.pth.tar: missing")
     expect_user_error(["--official", release], capsys, "--model")
