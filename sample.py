@@ -26,8 +26,8 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-import official
 import data
+import official
 from data import AudioError, load_audio, lyric_window
 from prior import Prior, PriorConfig, make_y
 from vqvae import VQVAE, VQVAEConfig
