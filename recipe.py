@@ -63,6 +63,7 @@ class Sizes:
     warmup: int = 20               # linear warmup steps of every stage
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
+    samples: int = 3               # continuations drawn at once (sample.py --n); the figures are their mean
     temperature: str = "0.6,0.6,0.95"  # sample.py --temperature (bottom,middle,top); below the released
     # 0.99,0.99,0.98 because tiny upsamplers are unsure of every code and a full-temperature draw adds hiss
     check_output: bool = True      # fail when the continuation is silent or noise-like
@@ -71,7 +72,7 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(songs=2, song_seconds=3.0, heldout_seconds=2.0, vqvae_steps=3, vqvae_batch=2, vqvae_sample_length=4096,
               prior_steps=(3, 3, 3), prior_batch=(2, 2, 2), warmup=1, prime_seconds=0.2, total_seconds=0.35,
-              check_output=False)  # a smoke run: untrained models, so the output is reported, not judged
+              samples=1, check_output=False)  # a smoke run: untrained models, so the output is reported, not judged
 
 # The continuation is judged by four numbers (see audio_figures). What the toy songs measure: flatness
 # 0.05-0.16, rumble < 2%, dynamics 0.4-0.9; white or brown noise: flatness 0.56-0.61; an untrained decoder's
@@ -261,7 +262,7 @@ def run(args, sizes):
     # 4. a primed continuation through all three levels
     sample_argv = ["--prime", heldout, "--prime-seconds", str(sizes.prime_seconds), "--seconds",
                    str(sizes.total_seconds), "--runs", runs, "--out", samples, "--device", "cpu",
-                   "--seed", str(args.seed), "--temperature", sizes.temperature]
+                   "--seed", str(args.seed), "--temperature", sizes.temperature, "--n", str(sizes.samples)]
     print("$ python sample.py " + " ".join(sample_argv), flush=True)
     code = clock.run("sample", sample.main, sample_argv)
     if code != 0:
@@ -287,8 +288,12 @@ def run(args, sizes):
         output = {}
         prime_samples = int(sizes.prime_seconds * rate) // vq.config.hop_lengths[-1] * vq.config.hop_lengths[-1]
         for level in (2, 1, 0):
-            wav, _ = soundfile.read(os.path.join(samples, f"level_{level}", "item_0.wav"), dtype="float32")
-            output[f"level_{level}"] = audio_figures(wav[prime_samples:], rate)  # the continuation only
+            items = []
+            for i in range(sizes.samples):
+                wav, _ = soundfile.read(os.path.join(samples, f"level_{level}", f"item_{i}.wav"), dtype="float32")
+                items.append(audio_figures(wav[prime_samples:], rate))  # the continuation only
+            output[f"level_{level}"] = {k: float(np.mean([f[k] for f in items])) for k in items[0]}  # mean of items
+            report.setdefault("output_items", {})[f"level_{level}"] = items
         output["heldout_song"] = audio_figures(audio[prime_samples:], rate)  # how the song really goes on
         noise = np.random.default_rng(0).standard_normal(len(audio)) * rms(audio)
         output["white_noise"] = audio_figures(noise, rate)  # and what noise measures
@@ -298,12 +303,12 @@ def run(args, sizes):
     report["stages"] = clock.stages
     report["total_wall_s"] = time.time() - started
     report["total_cpu_s"] = sum(s["cpu_s"] for s in clock.stages.values())
-    report["problems"] = judge(report["output"]["level_0"])  # the final audio: the bottom level's
+    report["problems"] = judge(report["output"]["level_0"])  # the final audio: the bottom level's, mean of items
     report["files"] = {
         "toy songs": toy, "held-out song (the prime)": heldout,
         **{f"{stage} checkpoint": sample.find_checkpoint(os.path.join(runs, stage), stage, stage) for stage in STAGES},
         "VQ-VAE reconstructions of the held-out song": os.path.join(recon, "level_{0,1,2}.wav"),
-        "the continuation, per level (level_0 is the final audio)": os.path.join(samples, "level_{0,1,2}/item_0.wav"),
+        "the continuations, per level (level_0 is the final audio)": os.path.join(samples, "level_{0,1,2}/item_*.wav"),
         "codes (for sample.py --continue / --upsample)": os.path.join(samples, "codes.pt"),
         "this report": os.path.join(out, "report.json"),
     }
@@ -322,7 +327,8 @@ def print_report(report, check):
     for stage, b in report["bits_per_token"].items():
         print(f"    {stage:8s}            {b['heldout']:8.3f}   {b['train']:16.3f}   {b['unigram_entropy']:15.3f}"
               f"   {b['uniform']:7.3f}")
-    print("\n  audio after the prime            RMS   flatness   rumble   dynamics   sounds")
+    print(f"\n  audio after the prime (level_L: mean of {len(report['output_items']['level_0'])} continuations)")
+    print("                                    RMS   flatness   rumble   dynamics   sounds")
     for name, o in report["output"].items():
         print(f"    {name:24s} {o['rms']:9.4f} {o['flatness']:10.4f} {o['rumble']:8.3f} {o['dynamics']:10.3f}   "
               f"{grade(o)}")
@@ -339,7 +345,7 @@ def print_report(report, check):
     else:
         print(f"\n  output check passed: the final audio (level 0) is not silent, noise, a drift or static; it is "
               f"{grade(report['output']['level_0'])}. Listen to it, and to the top level alone:")
-        print(f"    {report['files']['the continuation, per level (level_0 is the final audio)']}")
+        print(f"    {report['files']['the continuations, per level (level_0 is the final audio)']}")
 
 
 def main(argv=None):
