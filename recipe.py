@@ -1,7 +1,7 @@
 """The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
 
-    python recipe.py                    # the full recipe, about 20 minutes on 2 CPU cores
-    python recipe.py --quick            # a 1-minute smoke run (what tests/test_recipe.py runs)
+    python recipe.py                    # the full recipe: 7 min on 2 idle CPU cores, under 20 on a busy laptop
+    python recipe.py --quick            # a 10-60 s smoke run (what tests/test_recipe.py runs)
 
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
 type, called in-process: `data.py --make-toy` writes procedurally generated songs; `train.py --stage vqvae`
@@ -352,10 +352,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The CPU quick start: toy songs -> VQ-VAE -> top/middle/bottom priors -> a primed "
                     "continuation, then a report (spectral convergence, bits per token, RMS and spectral "
-                    "flatness of the output, time per stage). About 20 minutes on 2 CPU cores.")
+                    "flatness of the output, time per stage). About 7 minutes on 2 idle CPU cores.")
     parser.add_argument("--out", default="recipe_out", help="output folder; must not exist yet or be empty "
                         "(default recipe_out)")
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run at toy-of-toy size; the "
+    parser.add_argument("--quick", action="store_true", help="a 10-60 s smoke run at toy-of-toy size; the "
                         "output is reported but not judged (what tests/test_recipe.py runs)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (e.g. 0.5 "
                         "for a faster, worse run, 3 for a better one) (default 1)")
