@@ -1,6 +1,6 @@
 """The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
 
-    python recipe.py                    # the full recipe: 7 min on 2 idle CPU cores, under 20 on a busy laptop
+    python recipe.py                    # the full recipe: 7 min on 2 idle CPU cores, longer on busy ones
     python recipe.py --quick            # a 10-60 s smoke run (what tests/test_recipe.py runs)
 
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
@@ -13,8 +13,8 @@ measures what came out and prints a report:
     and unigram baselines (a prior that learned something beats the unigram entropy);
   - RMS, spectral flatness, sub-40 Hz rumble and loudness dynamics of the continuation (`audio_figures`),
     and the wall and CPU time of each stage.
-It fails loudly (exit code 1) when the continuation is silent, noise-like, a DC drift or a static drone. Every number also goes to
-OUT/report.json.
+It fails loudly (exit code 1) when the continuation is silent, noise-like, a DC drift or a static drone.
+Every number also goes to OUT/report.json.
 
 Reading order: `Sizes` (every knob of the recipe, FULL and QUICK), `run` (the stages, in order), then the
 measurements (`audio_figures`, `judge`, `vqvae_figures`, `heldout_bits`).
