@@ -22,6 +22,10 @@ import os
 import sys
 import warnings
 
+# Idle OpenMP threads sleep instead of spinning (set before torch starts its pool): spinning threads make
+# small CPU ops 10-50x slower whenever another process shares the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import soundfile
 import torch
 from tqdm import tqdm

@@ -40,6 +40,10 @@ import sys
 import time
 from contextlib import nullcontext
 
+# Idle OpenMP threads sleep instead of spinning (set before torch starts its pool): spinning threads make
+# small CPU ops 10-50x slower whenever another process shares the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import soundfile as sf
 import torch
