@@ -19,7 +19,7 @@ Reading order:
     1. Conv1D: the projection whose (in, out) weights load the official checkpoints as they are.
     2. ATTN_ORDER / layer_kinds: which kind each layer of a released model uses.
     3. Attention.forward -> _attend -> _blocked: the math of every kind.
-    4. Attention._update_cache: what each kind keeps between sampling steps (FACTS §4.4).
+    4. Attention._update_cache: what each kind keeps between sampling steps (the original's `_suff_cache_len`).
 
 Shape legend: B batch, T positions in this call, C model width, S = n_state attention width (C/4),
 H heads, D = S/H head dim, b = block_len, R rows in this call, E encoder length.
@@ -223,7 +223,7 @@ class Attention(nn.Module):
     def _update_cache(self, k, v):
         """Append this chunk's keys/values (B, T, S) to the cache and return what this chunk attends to.
 
-        The cache then keeps only what later positions need (FACTS §4.4), with t = sample_t, b = block_len:
+        The cache then keeps only what later positions need (the original's `_suff_cache_len`), with t = sample_t, b = block_len:
         dense, column: all t; row: the current row, (t-1) % b + 1; prev_row: the previous row too,
         t if t <= b else b + (t-1) % b + 1; prime: the first min(t, prime_window).
         """

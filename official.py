@@ -10,7 +10,7 @@ Reading order:
   4. key mapping official <-> ours, load_vqvae / load_prior, and forward() for parity checks.
 
 The released files are pickles written by `torch.save` holding {'hps': ..., 'model': state_dict, 'opt': ...,
-'step': ...} (shared/jukebox/FACTS.md §6). They were made with torch 1.4, so presumably in the legacy non-zip
+'step': ...} (the original's make_models.save_checkpoint). They were made with torch 1.4, so presumably in the legacy non-zip
 format; both formats load.
 
 Shapes (forward): B batch, T music tokens of a window (n_ctx), L transformer sequence (T, or lyric tokens + T
@@ -180,7 +180,7 @@ def read_checkpoint(path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 2. The released hyperparameter sets, with the original's names (FACTS §2.1, §3.1; values are the
+# 2. The released hyperparameter sets, with the original's names (the original's hparams.py; values are the
 #    original's registry entries resolved over its defaults, restricted to what shapes the models).
 # ----------------------------------------------------------------------------------------------------------
 
@@ -251,7 +251,7 @@ HPARAMS = {
 }
 _ALIASES = {"prior_5b": "5b", "prior_5b_lyrics": "5b_lyrics", "prior_1b_lyrics": "1b_lyrics"}
 
-# Which files make up each released model, by level, as laid out under the download prefix (FACTS §6.1).
+# Which files make up each released model, by level, as laid out under the download prefix (the original's make_models.MODELS).
 REMOTE_PREFIX = "https://openaipublic.azureedge.net/jukebox/models/"
 MODELS = {
     name: {"vqvae": ("5b/vqvae.pth.tar", "vqvae"),
@@ -355,7 +355,7 @@ def prior_config(hparams, vqvae_hparams=None):
 #
 # Each table is applied in order with re.sub; the first rule whose pattern matches a key renames it. Every
 # key of the six released files maps onto exactly one of our keys with the same shape (tests/test_official.py
-# checks this against shared/jukebox/state_dict_keys.tsv). Conv1D keeps its official `w` (n_in, n_out) / `b`.
+# checks this against tests/data/official_state_dict_keys.tsv). Conv1D keeps its official `w` (n_in, n_out) / `b`.
 # ----------------------------------------------------------------------------------------------------------
 
 VQVAE_RENAMES = (
@@ -533,7 +533,7 @@ def release_files(directory, model):
 def forward(prior, tokens, y, upper=None):
     """Teacher-forced logits in the original's layout, for checking against it.
 
-    tokens (B, n_ctx) music codes; y (B, y_length) the official label vector (FACTS §3.6, prior.make_y);
+    tokens (B, n_ctx) music codes; y (B, y_length) the official label vector (prior.make_y);
     upper (B, n_ctx/4) codes of the level above (upsamplers). Returns float32 (B, L, V) over the
     transformer's whole sequence and vocabulary, like the original's preds: for 1b_lyrics L = n_tokens +
     n_ctx and V = n_vocab + l_bins (music ids shifted by n_vocab), otherwise (B, n_ctx, l_bins).

@@ -1,7 +1,7 @@
 """Sample music with the Jukebox priors: top codes -> middle codes -> bottom codes -> audio.
 
 Implements the sampling of arXiv:2005.00341 §4.4 (ancestral, windowed and primed sampling, Figure 3) with the
-window bookkeeping of the released sampler (facts: ../shared/jukebox/FACTS.md §5.2). Reading order:
+window bookkeeping of the released sampler (the original's sample.py and utils/sample_utils.py). Reading order:
   1. `sample_level`: one level, window by window; every window after the first is primed with its overlap.
   2. `sample_levels`: the levels top to bottom; an upsampler window sees exactly the codes above it.
   3. `run`: the models (train.py checkpoints, or the released ones with --official), the inputs (prime audio or
@@ -73,7 +73,7 @@ def windows(total, n_ctx, hop):
 
 
 def window_labels(y, start, n_ctx, samples_per_token, lyrics=(), n_lyric_tokens=0):
-    """The label vector y (B, n_y) of FACTS §3.6 for the window starting at token `start` of its level.
+    """The label vector y (B, n_y) (prior.make_y) for the window starting at token `start` of its level.
 
     y is the song's vector at offset 0; lyrics are the token ids of the whole song's lyrics, of which a prior with
     n_lyric_tokens > 0 gets the n_lyric_tokens that go with this window (the last n_lyric_tokens entries of y).

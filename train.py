@@ -1,7 +1,7 @@
 """Train every stage of Jukebox -- the VQ-VAE and the three priors -- on one CPU, one GPU or many, with torchrun.
 
 Paper: arXiv:2005.00341 §3 (the VQ-VAE and its losses), §4 (priors and upsamplers), Appendix B (training details).
-Facts: FACTS.md §2.5 (VQ-VAE losses and optimiser) and §3 (priors).
+Defaults follow the original's hparams.py (VQ-VAE losses and optimiser, priors).
 
     python train.py --stage vqvae --data DIR ...                       # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=8 train.py --stage top ...  # one process per GPU, DDP
@@ -109,7 +109,7 @@ def build_parser():
                    "gradient accumulation = batch-size / (processes * micro-batch) (default: no accumulation)")
     p.add_argument("--sample-length", type=int, default=393216,
                    help="--stage vqvae: raw samples per training window (priors use n_ctx * hop length)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak Adam learning rate (FACTS §2.5)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak Adam learning rate (the original's default)")
     p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warmup from 0")
     p.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
     p.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (the 5b top prior used 0.925)")
@@ -259,7 +259,7 @@ def setup_vqvae_stage(args, ckpt, dataset_for, device):
                         f"top level's hop length) and at least {shortest} samples")
     dataset = dataset_for(cfg.sample_rate, args.sample_length)
     if ckpt is None:
-        # The loss normalisers come from data (FACTS §2.5): estimated from the first windows, identical on every
+        # The loss normalisers come from data (the original's calculate_bandwidth): estimated from the first windows, identical on every
         # rank (same indices), then frozen into the config so every later run and reader uses the same values.
         n = args.bandwidth_batches * args.batch_size  # the same samples whatever the number of processes
         audio = torch.stack([dataset[i]["audio"] for i in range(n)])  # (n, T, 1)
