@@ -30,6 +30,7 @@ Shape legend: B batch, T raw samples, N tokens of the prior's level (n_ctx), n_y
 """
 import argparse
 import dataclasses
+import gc
 import glob
 import json
 import math
@@ -583,11 +584,16 @@ def main(argv=None):
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
         train(args, rank, local_rank, world_size, device, ddp)
+        if ddp:
+            dist.barrier()  # leave together: a rank that tears down gloo while another still talks to it can abort
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
         if ddp:
+            # Free the DDP wrapper (and the gloo work it holds) before the process group and the interpreter
+            # go: gloo threads that outlive them abort the process at exit (SIGABRT) now and then.
+            gc.collect()
             dist.destroy_process_group()
 
 
