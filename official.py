@@ -262,6 +262,38 @@ MODELS = {
 }
 
 
+# The original's attn_order numbers name the per-layer attention kinds (its Transformer.__init__).
+# Each official hparam `attn_order` (the keys; for loading official configs only) names a cycle of kinds
+# that the layers repeat: layer d has kind cycle[d % len(cycle)]. The orders 3, 4, 5 use "summary" kinds
+# that no released model has and are left out.
+FACTORIZED = ("row", "column", "prev_row")
+
+
+def _with(cycle, replaced):
+    """cycle with some layers replaced: _with(FACTORIZED * 2, {5: "dense"}) ends in "dense"."""
+    return tuple(replaced.get(d, kind) for d, kind in enumerate(cycle))
+
+
+ATTN_ORDER = {
+    0: ("dense",),
+    1: ("row", "column"),
+    2: FACTORIZED,                                                    # upsamplers, 5b, 5b_lyrics' lyric encoder
+    6: FACTORIZED + ("cross",),
+    7: FACTORIZED * 5 + ("cross",),
+    8: FACTORIZED * 3 + ("cross",),
+    9: FACTORIZED + ("dense",),
+    10: FACTORIZED * 3 + (FACTORIZED * 3 + ("cross",)) * 7,           # 5b_lyrics: cross at 18, 28, ..., 78
+    11: _with(FACTORIZED * 16, {15: "cross", 31: "cross", 47: "dense"}),
+    12: _with(FACTORIZED * 16, {15: "prime", 31: "prime", 47: "dense"}),  # 1b_lyrics: prime at 15, 31, 63
+}
+
+
+def layer_kinds(attn_order, depth):
+    """Kind of each of `depth` layers for an official attn_order: layer_kinds(12, 72)[15] == "prime"."""
+    cycle = ATTN_ORDER[attn_order]
+    return tuple(cycle[d % len(cycle)] for d in range(depth))
+
+
 def official_hparams(name_or_hparams):
     """A released set by name ('vqvae', 'upsampler_level_0', '5b', 'prior_5b', ...) as a fresh dict, or a
     dict of official hparams passed through (missing prior keys take the original's defaults)."""
@@ -327,7 +359,7 @@ def prior_config(hparams, vqvae_hparams=None):
         lyrics = "none"
     cfg = dict(
         level=hp["level"], n_ctx=hp["n_ctx"], codebook_size=vq.codebook_size, hop_lengths=vq.hop_lengths,
-        width=hp["prior_width"], depth=hp["prior_depth"], heads=hp["heads"], attn_order=hp["attn_order"],
+        width=hp["prior_width"], attention=layer_kinds(hp["attn_order"], hp["prior_depth"]), heads=hp["heads"],
         blocks=hp["blocks"], init_scale=hp["init_scale"], merged_decoder=bool(hp["merged_decoder"]),
         n_genres=hp["y_bins"][0], n_artists=hp["y_bins"][1], max_genres=hp["max_bow_genre_size"],
         label_version=3 if hp["labels_v3"] else 2, timing_bins=hp["t_bins"], sample_rate=hp["sr"],
@@ -344,8 +376,9 @@ def prior_config(hparams, vqvae_hparams=None):
                    cond_dilation_cycle=hp["cond_dilation_cycle"] or hp["cond_depth"],
                    cond_res_scale=bool(hp["cond_res_scale"]))
     if lyrics == "encoder":
-        cfg.update(encoder_width=hp["prime_width"], encoder_depth=hp["prime_depth"],
-                   encoder_heads=hp["prime_heads"], encoder_attn_order=hp["prime_attn_order"],
+        cfg.update(encoder_width=hp["prime_width"],
+                   encoder_attention=layer_kinds(hp["prime_attn_order"], hp["prime_depth"]),
+                   encoder_heads=hp["prime_heads"],
                    encoder_blocks=hp["prime_blocks"], encoder_init_scale=hp["prime_init_scale"])
     return PriorConfig(**cfg)
 

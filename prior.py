@@ -6,10 +6,13 @@ Appendix B (hyperparameters), exactly as released, plus tiny/small presets that 
 
 Reading order:
   1. PriorConfig and preset(): every hyperparameter of the released models, named, with its official name.
-  2. Block and Transformer: pre-LayerNorm blocks over attention.py's factorized attention kinds.
-  3. The conditioning: Conditioner (codes of the level above), LabelConditioner (artist, genre, timing),
-     LyricEncoder (5b_lyrics); make_y() builds the official label vector.
-  4. Prior: logits() / forward() for training, sample() for generation with a KV cache.
+  2. window_y(): the label vector of one window (artist, genres, timing, lyrics), the priors' only input
+     besides the codes.
+  3. Block and Transformer: pre-LayerNorm blocks over attention.py's factorized attention kinds.
+  4. The conditioning: Conditioner (codes of the level above), LabelConditioner (artist, genre, timing),
+     LyricEncoder (5b_lyrics).
+  5. Prior: forward() for training; sample() = condition() once per window, then extend() over the prime
+     and one position at a time, each new position reading the attention caches.
 
 Shape legend: B batch, T music tokens in the window, L transformer sequence length (T, or lyric tokens + T
 for 1b_lyrics), W width, V vocabulary, E lyric-encoder length, C conv channels. Sequences are (B, T, W)
@@ -22,14 +25,16 @@ prior, `preset("tiny", level=1)` an upsampler, and `lyrics="encoder"` / `"merged
 1b_lyrics-style lyric conditioning to a top prior.
 """
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from attention import Attention, Conv1D, layer_kinds
+from attention import Attention, Conv1D
+
+FACTORIZED = ("row", "column", "prev_row")  # the Sparse Transformer's cycle (official attn_order 2)
 
 
 # ---- configuration ------------------------------------------------------------------------------------
@@ -40,9 +45,8 @@ class PriorConfig:
     codebook_size: int = 2048      # VQ-VAE codes per level (l_bins)
     hop_lengths: tuple = (8, 32, 128)  # raw samples per token at each VQ-VAE level (vqvae hop_lengths)
     width: int = 4800              # model width W (prior_width)
-    depth: int = 72                # number of transformer blocks (prior_depth)
+    attention: tuple = FACTORIZED * 24  # attention kind of each block, in order (attn_order, prior_depth)
     heads: int = 8                 # attention heads (heads)
-    attn_order: int = 2            # official id of the per-layer attention kinds, see attention.layer_kinds (attn_order)
     blocks: int = 128              # rows of the factorized attention; row length = L // blocks (blocks)
     init_scale: float = 0.1        # multiplier of the init std of every weight (init_scale)
     merged_decoder: bool = True    # untied output layer and conditioning added at the input only (merged_decoder)
@@ -69,11 +73,19 @@ class PriorConfig:
     lyric_vocab: int = 80          # character vocabulary, 0 = padding (n_vocab)
     prime_loss_fraction: float = 0.0  # weight of the loss on the lyric tokens (prime_loss_fraction)
     encoder_width: int = 1280      # lyric encoder width, "encoder" only (prime_width)
-    encoder_depth: int = 18        # (prime_depth)
+    encoder_attention: tuple = FACTORIZED * 6  # its blocks' kinds (prime_attn_order, prime_depth)
     encoder_heads: int = 4         # (prime_heads)
-    encoder_attn_order: int = 2    # (prime_attn_order)
     encoder_blocks: int = 32       # (prime_blocks)
     encoder_init_scale: float = 0.7  # (prime_init_scale)
+
+    def __post_init__(self):  # a config read back from a checkpoint holds lists where tuples were
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), list):
+                setattr(self, f.name, tuple(getattr(self, f.name)))
+
+    @property
+    def depth(self):               # number of transformer blocks
+        return len(self.attention)
 
     @property
     def is_top(self):              # the top level has timing, the others the Conditioner
@@ -101,28 +113,27 @@ class PriorConfig:
 
     @property
     def n_labels(self):            # [total_length, offset, sample_length, artist, genres...]
-        return 4 + self.max_genres
+        return GENRES + self.max_genres
 
     @property
     def y_length(self):            # length of the label vector y
         return self.n_labels + (self.n_lyric_tokens if self.lyrics != "none" else 0)
 
 
-def _upsampler(level):
-    return PriorConfig(level=level, width=1920, depth=72, heads=1, attn_order=2, blocks=128, init_scale=0.4,
-                       merged_decoder=False, cond_res_scale=level == 1)
-
-
 def _released(name):
     if name in ("upsampler_level_0", "upsampler_level_1"):
-        return _upsampler(int(name[-1]))
+        return PriorConfig(level=int(name[-1]), width=1920, heads=1, init_scale=0.4, merged_decoder=False,
+                           cond_res_scale=name.endswith("1"))
     if name == "5b":
         return PriorConfig()
-    if name == "5b_lyrics":
-        return PriorConfig(depth=79, attn_order=10, min_duration=23.8, lyrics="encoder", n_lyric_tokens=512,
-                           lyric_vocab=80, prime_loss_fraction=0.4)
-    if name == "1b_lyrics":
-        return PriorConfig(n_ctx=6144, width=2048, depth=72, heads=2, attn_order=12, blocks=64, init_scale=0.2,
+    if name == "5b_lyrics":  # every 10th block from 18 on cross-attends to the lyric encoder
+        return PriorConfig(attention=FACTORIZED * 3 + (FACTORIZED * 3 + ("cross",)) * 7, min_duration=23.8,
+                           lyrics="encoder", n_lyric_tokens=512, lyric_vocab=80, prime_loss_fraction=0.4)
+    if name == "1b_lyrics":  # the last block of every 16 attends to the lyric prefix ("prime"), but 47 is dense
+        shifted, shifted_twice = FACTORIZED[1:] + FACTORIZED[:1], FACTORIZED[2:] + FACTORIZED[:2]
+        attention = (FACTORIZED * 5 + ("prime",) + shifted * 5 + ("prime",) + shifted_twice * 5 + ("dense",)
+                     + FACTORIZED * 5 + ("prime",) + shifted * 2 + shifted[:2])
+        return PriorConfig(n_ctx=6144, width=2048, attention=attention, heads=2, blocks=64, init_scale=0.2,
                            merged_decoder=False, n_genres=604, n_artists=7898, max_genres=1, label_version=3,
                            timing_bins=64, min_duration=17.84, lyrics="merged", n_lyric_tokens=384,
                            lyric_vocab=79, prime_loss_fraction=0.4)
@@ -132,23 +143,23 @@ def _released(name):
 def _cpu(name, level, lyrics):
     # Top levels take 5b's structure (untied output, conditioning at the input only), upsamplers theirs.
     if name == "tiny":   # seconds on a CPU; for tests and the toy pipeline (the codebook of vqvae.preset("tiny"))
-        c = PriorConfig(level=level, n_ctx=64, codebook_size=256, width=32, depth=3, heads=2, attn_order=2,
+        c = PriorConfig(level=level, n_ctx=64, codebook_size=256, width=32, attention=FACTORIZED, heads=2,
                         blocks=8, init_scale=1.0, merged_decoder=level == 2, timing_bins=16, min_duration=0.0,
                         cond_width=32, cond_depth=2, cond_dilation_cycle=2)
-        lyric = dict(n_lyric_tokens=16, encoder_width=32, encoder_depth=3, encoder_heads=2, encoder_blocks=4,
-                     encoder_init_scale=1.0)
+        lyric = dict(n_lyric_tokens=16, encoder_width=32, encoder_attention=FACTORIZED, encoder_heads=2,
+                     encoder_blocks=4, encoder_init_scale=1.0)
     else:                # "small": the benchmark size, a real 8192-token window but narrow and shallow
-        c = PriorConfig(level=level, n_ctx=8192, width=256, depth=9, heads=2, attn_order=2, blocks=128,
+        c = PriorConfig(level=level, n_ctx=8192, width=256, attention=FACTORIZED * 3, heads=2, blocks=128,
                         init_scale=0.7, merged_decoder=level == 2, timing_bins=64, min_duration=0.0,
                         cond_width=128, cond_depth=4, cond_dilation_cycle=4)
-        lyric = dict(n_lyric_tokens=256, encoder_width=128, encoder_depth=3, encoder_heads=2, encoder_blocks=16,
-                     encoder_init_scale=0.7)
-    if lyrics == "encoder":   # 5b_lyrics-style: every 4th layer cross-attends to the lyric encoder (attn_order 6)
-        c = replace(c, lyrics="encoder", attn_order=6, depth=4, prime_loss_fraction=0.4, **lyric)
-    elif lyrics == "merged":  # 1b_lyrics-style: 16 layers, the last attends to the lyric prefix (attn_order 12)
-        c = replace(c, lyrics="merged", attn_order=12, depth=16, merged_decoder=False, n_genres=604, n_artists=7898,
-                    max_genres=1, label_version=3, lyric_vocab=79, prime_loss_fraction=0.4,
-                    n_lyric_tokens=lyric["n_lyric_tokens"])
+        lyric = dict(n_lyric_tokens=256, encoder_width=128, encoder_attention=FACTORIZED, encoder_heads=2,
+                     encoder_blocks=16, encoder_init_scale=0.7)
+    if lyrics == "encoder":   # 5b_lyrics-style: the 4th block cross-attends to the lyric encoder
+        c = replace(c, lyrics="encoder", attention=FACTORIZED + ("cross",), prime_loss_fraction=0.4, **lyric)
+    elif lyrics == "merged":  # 1b_lyrics-style: 16 blocks, the last attends to the lyric prefix
+        c = replace(c, lyrics="merged", attention=FACTORIZED * 5 + ("prime",), merged_decoder=False,
+                    n_genres=604, n_artists=7898, max_genres=1, label_version=3, lyric_vocab=79,
+                    prime_loss_fraction=0.4, n_lyric_tokens=lyric["n_lyric_tokens"])
     return c
 
 
@@ -172,16 +183,56 @@ def preset(name, level=None, lyrics="none"):
     return _cpu(name, level, lyrics)
 
 
+# ---- the label vector of a window ---------------------------------------------------------------------
+# The official layout of y (LongTensor): [total_length, offset, sample_length, artist, genre x max_genres,
+# lyric token x n_lyric_tokens]; lengths and offsets in audio samples, empty genre slots -1.
+TOTAL, OFFSET, LENGTH, ARTIST, GENRES = 0, 1, 2, 3, 4
+
+
+def lyric_window(tokens, n_tokens, total_length, offset, duration):
+    """The n_tokens lyric ids that go with the music window [offset, offset + duration) of a song of total_length
+    samples, assuming the lyrics are spread evenly over the song (paper §3.6 "lyrics alignment").
+
+    Returns (window, indices): window[i] = tokens[indices[i]], or 0 where indices[i] == -1 (padding).
+    """
+    if len(tokens) < n_tokens:  # short lyrics: all of them, left-padded with 0
+        pad = n_tokens - len(tokens)
+        return [0] * pad + list(tokens), [-1] * pad + list(range(len(tokens)))
+    if not 0 <= offset < total_length:
+        raise ValueError(f"offset {offset} outside the song [0, {total_length})")
+    # The character at the window's centre in time, then the window around it, shifted to stay inside the lyrics:
+    # at the start of a song it is the first n_tokens, at the end the last n_tokens.
+    mid = int(len(tokens) * (offset + duration / 2.0) / total_length)  # jukebox: float, then truncated
+    first = min(max(mid - n_tokens // 2, 0), len(tokens) - n_tokens)
+    indices = list(range(first, first + n_tokens))
+    return [tokens[i] for i in indices], indices
+
+
+def window_y(config, artist, genres, total_length, offset=0, lyrics=()):
+    """The label vector y (LongTensor (config.y_length,)) of the window that starts `offset` samples into a
+    song of `total_length` samples.
+
+    artist, genres: ids from data.py's tables of config.label_version (-1 genre entries are empty slots);
+    lyrics: every lyric token of the song, of which the window's n_lyric_tokens are picked (lyric_window);
+    ignored by priors without lyrics. Stack rows for a batch.
+    """
+    genres = [g for g in genres if g >= 0]
+    if len(genres) > config.max_genres:
+        raise ValueError(f"at most {config.max_genres} genres per song, got {len(genres)}")
+    window = []
+    if config.lyrics != "none":  # jukebox: the window's length is the prior's full window, even past the end
+        window = lyric_window(list(lyrics), config.n_lyric_tokens, total_length, offset, config.sample_length)[0]
+    y = [total_length, offset, config.sample_length, artist, *genres, *[-1] * (config.max_genres - len(genres)),
+         *window]
+    return torch.tensor(y, dtype=torch.long)
+
+
 # ---- the transformer ----------------------------------------------------------------------------------
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 and cast back, so fp16/bf16 sampling keeps fp32 statistics (as the original)."""
+    """LayerNorm computed in float32 and cast back, so half-precision blocks keep fp32 statistics (as the original)."""
 
     def forward(self, x):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
-
-
-def quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
 
 
 class MLP(nn.Module):
@@ -191,7 +242,8 @@ class MLP(nn.Module):
         self.c_proj = Conv1D(width, width, init_std=0.02 * init_scale, zero_init=zero_init)
 
     def forward(self, x):
-        return self.c_proj(quick_gelu(self.c_fc(x)))
+        h = self.c_fc(x)
+        return self.c_proj(h * torch.sigmoid(1.702 * h))  # jukebox: quick_gelu, the sigmoid approximation of GELU
 
 
 class Block(nn.Module):
@@ -206,8 +258,8 @@ class Block(nn.Module):
         self.ln_1 = LayerNorm(width)
         self.mlp = MLP(width, init_scale, zero_init=kind == "cross")  # jukebox: cross blocks start as identity
 
-    def forward(self, x, encoder_kv=None, sample=False):
-        a = self.attn(self.ln_0(x), encoder_kv=encoder_kv, sample=sample)
+    def forward(self, x, encoder_kv=None, position=None):
+        a = self.attn(self.ln_0(x), encoder_kv=encoder_kv, position=position)
         m = self.mlp(self.ln_1(x + a))
         return x + a + m
 
@@ -220,10 +272,10 @@ class Transformer(nn.Module):
     embedding), "untied", or None (the lyric encoder has no output layer).
     """
 
-    def __init__(self, vocab_size, seq_len, width, depth, heads, kinds, blocks, init_scale,
-                 prime_len=0, encoder_len=0, start_token=False, output="tied"):
+    def __init__(self, vocab_size, seq_len, width, kinds, heads, blocks, init_scale, prime_len=0, encoder_len=0,
+                 start_token=False, output="tied"):
         super().__init__()
-        assert len(kinds) == depth and seq_len % blocks == 0, (kinds, seq_len, blocks)
+        assert seq_len % blocks == 0, (seq_len, blocks)
         self.token_embedding = nn.Embedding(vocab_size, width)
         nn.init.normal_(self.token_embedding.weight, std=0.02 * init_scale)
         self.pos_embedding = nn.Parameter(torch.empty(seq_len, width))  # jukebox: a learned absolute table
@@ -241,39 +293,42 @@ class Transformer(nn.Module):
                 self.lm_head.weight = self.token_embedding.weight
         self.gradient_checkpointing = False
 
-    def embed(self, prev_tokens, first, start):
-        """Inputs of positions start .. start+t-1 from the tokens before them.
+    @property
+    def block_dtype(self):  # float32, or the half precision of Prior.half_blocks()
+        return self.blocks[0].attn.c_proj.w.dtype
 
-        prev_tokens: (B, t), the tokens at positions start-1 .. start+t-2 (its first column is ignored when
-        start == 0: position 0 gets `first`, (B, 1, W) or (1, W)).
+    def embed(self, prev_tokens, start_embedding, position):
+        """Inputs of positions position .. position+t-1 from the tokens before them (B, t) -> (B, t, W).
+
+        prev_tokens[:, i] is the token at position + i - 1; when position == 0 its first column is ignored and
+        position 0 gets the start embedding, (B, 1, W) or (1, W).
         """
         h = self.token_embedding(prev_tokens)  # (B, t, W)
-        if start == 0:
-            first = first.view(-1, 1, h.shape[-1]).expand(len(h), 1, -1).to(h.dtype)  # (B or 1, W) -> (B, 1, W)
+        if position == 0:
+            first = start_embedding.view(-1, 1, h.shape[-1]).expand(len(h), 1, -1).to(h.dtype)  # (B, 1, W)
             h = torch.cat([first, h[:, 1:]], dim=1)
-        return h + self.pos_embedding[start:start + h.shape[1]]
+        return h + self.pos_embedding[position:position + h.shape[1]]
 
-    def forward(self, h, encoder_kv=None, sample=False, dtype=None):
-        """(B, t, W) inputs -> (B, t, W) float32 activations. sample=True appends to the attention caches.
+    def forward(self, h, encoder_kv=None, position=None):
+        """(B, t, W) inputs -> (B, t, W) float32 activations. position: see Attention.forward (None = training).
 
-        dtype runs the blocks in float16/bfloat16 (the official fp16 sampling): Conv1D casts its weights to
-        the input dtype, LayerNorm and softmax stay in float32.
+        The blocks run in block_dtype: with half-precision weights (the official fp16 sampling) their inputs
+        are cast to it; LayerNorm and softmax stay in float32 inside.
         """
-        if dtype is not None:
-            h = h.to(dtype)
-            encoder_kv = None if encoder_kv is None else encoder_kv.to(dtype)
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not sample
+        h = h.to(self.block_dtype)
+        encoder_kv = None if encoder_kv is None else encoder_kv.to(self.block_dtype)
+        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             kv = encoder_kv if block.kind == "cross" else None  # only cross-attention reads the lyric encoder
-            if use_checkpoint:
+            if use_checkpoint and position is None:
                 h = checkpoint(block, h, kv, use_reentrant=False)
             else:
-                h = block(h, encoder_kv=kv, sample=sample)
+                h = block(h, encoder_kv=kv, position=position)
         return h.float()
 
-    def reset_cache(self):
+    def start_cache(self, batch, device):
         for block in self.blocks:
-            block.attn.reset_cache()
+            block.attn.start_cache(batch, self.block_dtype, device)
 
 
 # ---- conditioning: the codes of the level above (upsamplers) ------------------------------------------
@@ -378,37 +433,18 @@ class LabelConditioner(nn.Module):
             self.relative_position_embedding = RangeEmbedding(c.n_ctx, bins, 0.0, 1.0, width, scale, clamp_end=True)
 
     def forward(self, labels):
-        """labels (B, 4 + max_genres) -> start (B, 1, W), timing (B, n_ctx, W) or None."""
-        total, offset, length, artist, genres = labels[:, 0:1], labels[:, 1:2], labels[:, 2:3], labels[:, 3:4], labels[:, 4:]
+        """labels (B, 4 + max_genres), the start of y -> start (B, 1, W), timing (B, n_ctx, W) or None."""
+        genres = labels[:, GENRES:]
         present = (genres >= 0).unsqueeze(-1)  # (B, G, 1); empty genre slots hold -1
         genre = (self.genre_embedding(genres.clamp(min=0)) * present).sum(dim=1, keepdim=True)  # (B, G, W) -> (B, 1, W)
-        start_embedding = genre + self.artist_embedding(artist)
+        start_embedding = genre + self.artist_embedding(labels[:, ARTIST:ARTIST + 1])
         if not self.timing:
             return start_embedding, None
-        start, end, total = offset.float(), (offset + length).float(), total.float()
+        total, start = labels[:, TOTAL:TOTAL + 1].float(), labels[:, OFFSET:OFFSET + 1].float()  # (B, 1) each
+        end = start + labels[:, LENGTH:LENGTH + 1].float()
         timing = (self.total_length_embedding(total) + self.absolute_position_embedding(start, end)
                   + self.relative_position_embedding(start / total, end / total))
         return start_embedding, timing
-
-
-def make_y(config, artist, genres, total_length, offset=0, lyrics=()):
-    """The official label vector y (LongTensor (config.y_length,)) for one window of one song.
-
-    artist, genres: ids from data.py's tables (config.label_version); at most config.max_genres genres,
-    the rest padded with -1. total_length, offset: song length and window start in audio samples.
-    lyrics: the window's lyric token ids (data.py picks the window); fewer than config.n_lyric_tokens are
-    left-padded with 0 like the original; ignored by priors without lyrics. Stack rows for a batch.
-    """
-    genres = list(genres)
-    if len(genres) > config.max_genres:
-        raise ValueError(f"at most {config.max_genres} genres per song, got {len(genres)}")
-    lyrics = list(lyrics) if config.lyrics != "none" else []
-    if len(lyrics) > config.n_lyric_tokens:
-        raise ValueError(f"at most {config.n_lyric_tokens} lyric tokens per window, got {len(lyrics)}")
-    n_pad = config.n_lyric_tokens - len(lyrics) if config.lyrics != "none" else 0
-    y = [total_length, offset, config.sample_length, artist, *genres, *[-1] * (config.max_genres - len(genres)),
-         *[0] * n_pad, *lyrics]
-    return torch.tensor(y, dtype=torch.long)
 
 
 # ---- conditioning: lyrics (5b_lyrics) -----------------------------------------------------------------
@@ -419,19 +455,18 @@ class LyricEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = config
-        kinds = layer_kinds(c.encoder_attn_order, c.encoder_depth)
-        self.transformer = Transformer(c.lyric_vocab, c.n_lyric_tokens, c.encoder_width, c.encoder_depth,
-                                       c.encoder_heads, kinds, c.encoder_blocks, c.encoder_init_scale,
-                                       start_token=True, output=None)
+        self.transformer = Transformer(c.lyric_vocab, c.n_lyric_tokens, c.encoder_width, c.encoder_attention,
+                                       c.encoder_heads, c.encoder_blocks, c.encoder_init_scale, start_token=True,
+                                       output=None)
         self.proj = Conv1D(c.encoder_width, c.width, init_std=0.02 * c.encoder_init_scale)
         self.norm = LayerNorm(c.width)
         self.out = nn.Linear(c.width, c.lyric_vocab, bias=False)  # predicts the lyrics, for the prime loss only
         nn.init.normal_(self.out.weight, std=0.02 * c.init_scale)
 
-    def forward(self, lyrics, dtype=None):
+    def forward(self, lyrics):
         """lyrics (B, E) long -> encoder_kv (B, E, W) float32."""
         prev = F.pad(lyrics, (1, 0))[:, :-1]  # (B, E): position t is fed character t-1
-        h = self.transformer(self.transformer.embed(prev, self.transformer.start_token, 0), dtype=dtype)
+        h = self.transformer(self.transformer.embed(prev, self.transformer.start_token, 0))
         return self.norm(self.proj(h))
 
 
@@ -458,6 +493,24 @@ def filter_logits(logits, top_k=0, top_p=0.0):
     return logits
 
 
+@dataclass
+class Sampling:
+    """How Prior.sample draws each token (the released sampling used temperature 0.98-0.99, no top-k/p)."""
+    temperature: float = 1.0       # logits are divided by it (temp)
+    top_k: int = 0                 # keep the k most likely tokens, 0 = off (top_k)
+    top_p: float = 0.0             # keep the smallest set with this probability mass, 0 = off (top_p)
+    chunk_size: int = 32           # prime positions per prefill pass, None = all at once (chunk_size)
+    mask_lyric_ids: bool = False   # "merged": forbid character ids at music positions (the original does not)
+
+
+@dataclass
+class Window:
+    """The conditioning of one sampling window, computed once: see Prior.condition."""
+    start: torch.Tensor            # (B, 1, W) start embedding
+    cond: torch.Tensor             # (B, L, W) per-position conditioning
+    encoder_kv: torch.Tensor       # (B, E, W) the lyric encoder's output, or None
+
+
 class Prior(nn.Module):
     """A Jukebox prior: p(codes of this level | labels, lyrics, codes of the level above).
 
@@ -474,27 +527,33 @@ class Prior(nn.Module):
         self.labels = LabelConditioner(c)
         self.lyric_encoder = LyricEncoder(c) if c.lyrics == "encoder" else None
         self.transformer = Transformer(
-            c.vocab_size, c.seq_len, c.width, c.depth, c.heads, layer_kinds(c.attn_order, c.depth), c.blocks,
-            c.init_scale, prime_len=c.n_lyric_tokens if c.lyrics == "merged" else 0,
+            c.vocab_size, c.seq_len, c.width, c.attention, c.heads, c.blocks, c.init_scale,
+            prime_len=c.n_lyric_tokens if c.lyrics == "merged" else 0,
             encoder_len=c.n_lyric_tokens if c.lyrics == "encoder" else 0,
             output="untied" if c.merged_decoder else "tied")
         for transformer in self.transformers():
             transformer.gradient_checkpointing = c.gradient_checkpointing
 
     def transformers(self):
+        """The music transformer and, for "encoder", the lyric encoder's (FSDP shards their blocks)."""
         return [self.transformer] + ([self.lyric_encoder.transformer] if self.lyric_encoder is not None else [])
 
-    def reset_cache(self):
-        """Empty every attention KV cache (sample() does this itself before and after)."""
+    def half_blocks(self, dtype):
+        """Run the transformer blocks in float16 or bfloat16, as the released sampling did (the original's
+        fp16_params): their Conv1D weights, nearly all the weights, are stored in dtype; biases, LayerNorms,
+        embeddings, conditioning and the output layer stay float32. Returns the prior."""
         for transformer in self.transformers():
-            transformer.reset_cache()
+            for module in transformer.blocks.modules():
+                if isinstance(module, Conv1D):
+                    module.w.data = module.w.data.to(dtype)
+        return self
 
     # -- conditioning -----------------------------------------------------------------------------------
-    def condition(self, y, upper=None, dtype=None):
-        """y (B, y_length), upper (B, T/4) -> start (B, 1, W), cond (B, L, W), encoder_kv (B, E, W) or None."""
+    def condition(self, y, upper=None):
+        """y (B, y_length), upper (B, T/4) -> the Window: start (B, 1, W), cond (B, L, W), encoder_kv."""
         c = self.config
         if y.shape[1] != c.y_length:
-            raise ValueError(f"y has {y.shape[1]} entries, this prior expects {c.y_length} (see make_y)")
+            raise ValueError(f"y has {y.shape[1]} entries, this prior expects {c.y_length} (see window_y)")
         start, timing = self.labels(y[:, :c.n_labels])
         if self.conditioner is not None:
             if upper is None:
@@ -505,9 +564,9 @@ class Prior(nn.Module):
         if c.lyrics == "merged":             # no per-position conditioning on the lyric prefix
             cond = torch.cat([cond.new_zeros(len(cond), c.n_lyric_tokens, c.width), cond], dim=1)  # (B, L, W)
         encoder_kv = None
-        if self.lyric_encoder is not None:   # computed once per window
-            encoder_kv = self.lyric_encoder(y[:, c.n_labels:], dtype=dtype)
-        return start, cond, encoder_kv
+        if self.lyric_encoder is not None:   # once per window
+            encoder_kv = self.lyric_encoder(y[:, c.n_labels:])
+        return Window(start, cond, encoder_kv)
 
     def sequence(self, tokens, y):
         """Music tokens (B, T) -> the transformer's token sequence (B, L): "merged" puts the window's lyric
@@ -517,23 +576,25 @@ class Prior(nn.Module):
             return tokens
         return torch.cat([y[:, c.n_labels:], tokens + c.lyric_vocab], dim=1)
 
-    def _run(self, prev_tokens, start, cond, encoder_kv, position, sample=False, dtype=None):
-        """Logits (B, t, V) of positions position .. position+t-1 given the tokens before them (B, t)."""
-        t = prev_tokens.shape[1]
-        cond = cond[:, position:position + t]
-        h = self.transformer.embed(prev_tokens, start, position) + cond
-        h = self.transformer(h, encoder_kv, sample=sample, dtype=dtype)
-        if not self.config.merged_decoder:
-            h = h + cond
-        return self.transformer.lm_head(h)
+    def activations(self, window, prev_tokens, position=None):
+        """The blocks' output (B, t, W) at positions position .. position+t-1, given the tokens before them
+        (B, t). position None: teacher forcing from position 0; else the attention caches are read and extended."""
+        first = 0 if position is None else position
+        cond = window.cond[:, first:first + prev_tokens.shape[1]]
+        h = self.transformer.embed(prev_tokens, window.start, first) + cond
+        h = self.transformer(h, window.encoder_kv, position=position)
+        return h if self.config.merged_decoder else h + cond
+
+    def extend(self, window, prev_tokens, position=None):
+        """Logits (B, t, V) of the positions of activations()."""
+        return self.transformer.lm_head(self.activations(window, prev_tokens, position))
 
     # -- training ---------------------------------------------------------------------------------------
     def sequence_logits(self, tokens, y, upper=None):
         """Teacher-forced logits over the whole transformer sequence: tokens (B, T) -> (logits (B, L, V),
         encoder_kv (B, E, W) or None). For "merged", L and V include the lyric prefix and characters."""
-        seq = self.sequence(tokens, y)
-        start, cond, encoder_kv = self.condition(y, upper)
-        return self._run(F.pad(seq, (1, 0))[:, :-1], start, cond, encoder_kv, 0), encoder_kv
+        window = self.condition(y, upper)
+        return self.extend(window, F.pad(self.sequence(tokens, y), (1, 0))[:, :-1]), window.encoder_kv
 
     def logits(self, tokens, y, upper=None):
         """Teacher-forced next-code logits (B, T) -> (B, T, codebook_size). For "merged" these are the music
@@ -563,58 +624,50 @@ class Prior(nn.Module):
         return loss, {"gen_loss": gen_loss.detach(), "prime_loss": prime_loss.detach()}
 
     # -- sampling ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n, y, upper=None, prime=None, sample_tokens=None, temperature=1.0, top_k=0, top_p=0.0,
-               chunk_size=32, generator=None, dtype=None, mask_lyric_ids=False, return_logits=False, progress=None):
-        """Sample codes (n, sample_tokens), starting with `prime` (n, P) if given.
+    def start_cache(self, batch, device):
+        """Empty attention caches for `batch` new sequences (sample() does this for each window)."""
+        self.transformer.start_cache(batch, device)
 
-        The prime is pushed through the transformer in chunks of chunk_size (None: all at once) to fill the
-        attention caches; then each new token costs one cached step per layer. sample_tokens defaults to the
-        whole window (n_ctx). dtype: torch.float16 / bfloat16 runs the blocks in that precision (the released sampling
-        used float16). generator: a torch.Generator, for reproducible samples.
+    def draw(self, logits, sampling, generator=None):
+        """One token per row of logits (B, V): temperature, optional filtering, then a categorical draw."""
+        logits = logits / sampling.temperature
+        if sampling.mask_lyric_ids and self.config.lyrics == "merged":
+            logits[:, :self.config.lyric_vocab] = -math.inf
+        if sampling.top_k or sampling.top_p:
+            logits = filter_logits(logits, sampling.top_k, sampling.top_p)
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]  # (B,)
+
+    @torch.no_grad()
+    def sample(self, y, upper=None, prime=None, length=None, sampling=Sampling(), generator=None, progress=None):
+        """Codes (B, length) of one window, B = len(y), starting with `prime` (B, P) if given.
+
+        The prime fills the attention caches in chunks of sampling.chunk_size positions; then each new token
+        costs one cached step. length defaults to the whole window (n_ctx). generator: a torch.Generator, for
+        reproducible samples. progress: called with B after each sampled position (e.g. a tqdm bar's update).
 
         "merged" (1b_lyrics): the lyric characters in y are the first part of the prime. jukebox: the merged
-        vocabulary is not masked, a character id drawn at a music position becomes code 0; mask_lyric_ids=True
-        forbids them instead. return_logits=True also returns the raw logits (n, L, V) of every position.
-        progress: called with the number of new tokens (n, one per sample) after each sampled position, e.g. a
-        tqdm bar's update, for per-token speed and ETA.
+        vocabulary is not masked, a character id drawn at a music position becomes code 0 (see Sampling).
         """
         c = self.config
-        sample_tokens = c.n_ctx if sample_tokens is None else sample_tokens
+        n, length = len(y), c.n_ctx if length is None else length
         prime = y.new_zeros(n, 0) if prime is None else prime
-        if not (len(y) == len(prime) == n and prime.shape[1] <= sample_tokens <= c.n_ctx):
-            raise ValueError(f"need y, prime with {n} rows and prime length <= sample_tokens <= {c.n_ctx}")
-        start, cond, encoder_kv = self.condition(y, upper, dtype=dtype)
-        seq_prime = self.sequence(prime, y)                # (n, P') in transformer ids
-        n_prefix = seq_prime.shape[1] - prime.shape[1]     # lyric characters before the music ("merged")
-        length = sample_tokens + n_prefix
-        # prev[:, t] is the token fed to position t, i.e. the token at t-1 (column 0 is a placeholder)
-        prev = y.new_zeros(n, length + 1)
-        prev[:, 1:seq_prime.shape[1] + 1] = seq_prime
-        all_logits = []
-        self.reset_cache()
-        chunk_size = chunk_size or max(seq_prime.shape[1], 1)      # None: the whole prime in one pass
-        for position in range(0, seq_prime.shape[1], chunk_size):   # prefill: fill the caches with the prime
-            end = min(position + chunk_size, seq_prime.shape[1])
-            logits = self._run(prev[:, position:end], start, cond, encoder_kv, position, sample=True, dtype=dtype)
-            if return_logits:
-                all_logits.append(logits)
-        for position in range(seq_prime.shape[1], length):          # one token at a time
-            logits = self._run(prev[:, position:position + 1], start, cond, encoder_kv, position, sample=True,
-                               dtype=dtype)
-            if return_logits:
-                all_logits.append(logits)
-            logits = logits[:, -1] / temperature                    # (n, 1, V) -> (n, V)
-            if mask_lyric_ids and c.lyrics == "merged":
-                logits[:, :c.lyric_vocab] = -math.inf
-            probs = filter_logits(logits, top_k, top_p).softmax(dim=-1)
-            prev[:, position + 1] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        if not (len(prime) == n and prime.shape[1] <= length <= c.n_ctx):
+            raise ValueError(f"need a prime of {n} rows and prime length <= length <= {c.n_ctx}")
+        window = self.condition(y, upper)
+        seq = self.sequence(prime, y)          # (B, P) in transformer ids, the lyric prefix first ("merged")
+        n_prefix = seq.shape[1] - prime.shape[1]
+        prev = y.new_zeros(n, length + n_prefix + 1)  # prev[:, t]: the token fed to position t, i.e. at t - 1
+        prev[:, 1:seq.shape[1] + 1] = seq
+        self.start_cache(n, y.device)
+        chunk = sampling.chunk_size or max(seq.shape[1], 1)
+        for position in range(0, seq.shape[1], chunk):  # prefill: the prime only fills the caches
+            self.activations(window, prev[:, position:min(position + chunk, seq.shape[1])], position)
+        for position in range(seq.shape[1], length + n_prefix):
+            logits = self.extend(window, prev[:, position:position + 1], position)  # (B, 1, V)
+            prev[:, position + 1] = self.draw(logits[:, -1], sampling, generator)
             if progress is not None:
                 progress(n)
-        self.reset_cache()
-        tokens = prev[:, 1 + n_prefix:]                             # (n, sample_tokens)
+        tokens = prev[:, 1 + n_prefix:]
         if c.lyrics == "merged":
-            tokens = (tokens - c.lyric_vocab).clamp(min=0)          # jukebox: character ids become code 0
-        if return_logits:
-            return tokens, torch.cat(all_logits, dim=1)
+            tokens = (tokens - c.lyric_vocab).clamp(min=0)  # jukebox: character ids become code 0
         return tokens

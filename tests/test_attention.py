@@ -1,4 +1,4 @@
-"""attention.py: every kind against a slow masked reference, causality, the sampling cache, layer patterns.
+"""attention.py: every kind against a slow masked reference, causality, the static sampling cache.
 
 Tiny sizes: n_ctx 24 as 4 rows of 6 (block_len 6), width 32, 2 heads of dim 4; CPU, fp32 unless stated.
 """
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from attention import KINDS, Attention, Conv1D, layer_kinds
+from attention import KINDS, Attention, Conv1D
 
 N_CTX, BLOCKS, WIDTH, HEADS, ENC = 24, 4, 32, 2, 10
 PRIME_LEN = 9  # window (9 // 4 + 1) * 4 = 12 positions: two whole rows, ending on a row boundary
@@ -94,27 +94,31 @@ def test_causality(kind):
         assert torch.equal(depends, expected), f"{kind} position {t}: {depends.nonzero().flatten().tolist()}"
 
 
-def cache_len(attn):
-    return 0 if attn.cache_k is None else attn.cache_k.shape[1]
-
-
-def expected_cache_len(attn):
-    """FACTS §4.4: the keys each kind keeps after `sample_t` positions."""
-    t, b = attn.sample_t, attn.block_len
+def expected_cache_len(attn, t):
+    """The keys each kind keeps after t positions in the original (its `_suff_cache_len`)."""
+    b = attn.block_len
     return {"dense": t, "column": t, "row": (t - 1) % b + 1, "prev_row": t if t <= b else b + (t - 1) % b + 1,
             "cross": ENC, "prime": min(t, attn.prime_window)}[attn.kind]
 
 
 def run_chunks(attn, x, enc, sizes):
-    """Feed x through the sampling path in chunks of the given sizes; check the cache size after each."""
-    attn.reset_cache()
+    """Feed x through the sampling path in chunks of the given sizes. The cache is allocated once, written in
+    place (it never moves or grows), and always holds at least what the original keeps."""
+    attn.start_cache(len(x), x.dtype, x.device)
+    storage = attn.cache.data_ptr()
     outs, start = [], 0
     for size in sizes:
-        outs.append(attn(x[:, start:start + size], encoder_kv=enc, sample=True))
+        outs.append(attn(x[:, start:start + size], encoder_kv=enc, position=start))
         start += size
-        assert attn.sample_t == start and cache_len(attn) == expected_cache_len(attn)
+        assert attn.cache.data_ptr() == storage and expected_cache_len(attn, start) <= attn.cache_len
     assert start == x.shape[1]
     return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_is_as_long_as_the_longest_the_original_keeps(kind):
+    attn = make(kind)
+    assert attn.cache_len == max(expected_cache_len(attn, t) for t in range(1, N_CTX + 1))
 
 
 CHUNKINGS = {
@@ -150,13 +154,13 @@ def test_cache_prime_window_ending_mid_row():
             torch.testing.assert_close(run_chunks(attn, x, None, sizes), full, atol=1e-5, rtol=1e-5)
 
 
-def test_reset_cache():
+def test_start_cache_starts_a_new_sequence():
     attn, (x, _) = make("column"), inputs()
     with torch.no_grad():
         first = run_chunks(attn, x, None, [5, 19])
-        assert torch.equal(run_chunks(attn, x, None, [5, 19]), first)  # run_chunks starts with reset_cache()
-    attn.reset_cache()
-    assert attn.sample_t == 0 and attn.cache_k is None
+        assert torch.equal(run_chunks(attn, x, None, [5, 19]), first)  # run_chunks starts with start_cache()
+    attn.start_cache(2, torch.float32, "cpu")
+    assert attn.cache.shape == (2, N_CTX, WIDTH // 2) and not attn.cache.any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -169,7 +173,7 @@ def test_half_precision_inputs(kind, dtype):
         full = attn(x, encoder_kv=enc)
         half = attn(x.to(dtype), encoder_kv=None if enc is None else enc.to(dtype))
         stepped = run_chunks(attn, x.to(dtype), enc, [7] + [1] * 17)
-    assert half.dtype == stepped.dtype == dtype and attn.cache_k.dtype == dtype
+    assert half.dtype == stepped.dtype == dtype and attn.cache.dtype == dtype
     torch.testing.assert_close(half.float(), full, atol=0.1, rtol=0.05)
     torch.testing.assert_close(stepped.float(), full, atol=0.1, rtol=0.05)
 
@@ -190,20 +194,3 @@ def test_conv1d_layout_and_official_shapes():
                              "c_enc_kv.b": (2400,), "c_proj.w": (1200, 4800), "c_proj.b": (4800,)}
     assert shapes(prime)["c_attn.w"] == (2048, 1536) and prime.block_len == 102
     assert torch.count_nonzero(Attention(16, 2, "cross", 8, 2).c_proj.w) == 0  # jukebox: zero_out forced
-
-
-def test_released_layer_patterns():
-    upsampler = layer_kinds(2, 72)  # also 5b (72 layers) and the 5b_lyrics lyric encoder (18 layers)
-    assert upsampler == ("row", "column", "prev_row") * 24
-
-    lyrics_5b = layer_kinds(10, 79)
-    cross_at = [18, 28, 38, 48, 58, 68, 78]
-    assert [d for d, k in enumerate(lyrics_5b) if k == "cross"] == cross_at
-    assert lyrics_5b[:18] == ("row", "column", "prev_row") * 6
-    assert lyrics_5b[19:28] == ("row", "column", "prev_row") * 3 and lyrics_5b[68] == "cross"  # alignment layer
-
-    lyrics_1b = layer_kinds(12, 72)
-    assert [d for d, k in enumerate(lyrics_1b) if k == "prime"] == [15, 31, 63]
-    assert [d for d, k in enumerate(lyrics_1b) if k == "dense"] == [47]
-    assert all(k == ("row", "column", "prev_row")[d % 3] for d, k in enumerate(lyrics_1b) if d % 16 != 15)
-    assert lyrics_1b[63] == "prime"  # alignment layer

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prior
-from prior import Prior, filter_logits, make_y, preset
+from prior import Prior, Sampling, filter_logits, preset, window_y
 
 OFFICIAL_COUNTS = {"upsampler_level_0": 981_298_176, "upsampler_level_1": 981_298_176, "5b": 5_060_452_800,
                    "5b_lyrics": 5_640_506_800, "1b_lyrics": 942_643_200}
@@ -45,8 +45,9 @@ def labels(config, n=2, seed=0):
     rows = []
     for i in range(n):
         lyrics = torch.randint(1, config.lyric_vocab, (config.n_lyric_tokens,), generator=g).tolist()
-        rows.append(make_y(config, artist=3 + i, genres=[1, 2][:config.max_genres], total_length=200 * config.sample_length,
-                           offset=(7 + 50 * i) * config.hop_length, lyrics=lyrics))
+        rows.append(window_y(config, artist=3 + i, genres=[1, 2][:config.max_genres],
+                             total_length=200 * config.sample_length, offset=(7 + 50 * i) * config.hop_length,
+                             lyrics=lyrics))
     return torch.stack(rows)
 
 
@@ -80,15 +81,32 @@ def test_released_layer_patterns_and_conditioner():
 
 
 # ---- cache sampling == teacher forcing ----------------------------------------------------------------
+def cached_logits(model, tokens, y, upper, chunks):
+    """Logits of every position of `tokens` through the sampling path: the caches filled chunk by chunk
+    (sizes `chunks`, then one position at a time), as Prior.sample runs its prefill and its steps."""
+    window, seq = model.condition(y, upper), model.sequence(tokens, y)
+    prev = torch.nn.functional.pad(seq, (1, 0))[:, :-1]  # (B, L): position t is fed the token at t-1
+    model.start_cache(len(y), y.device)
+    logits, position = [], 0
+    for size in list(chunks) + [1] * prev.shape[1]:
+        if position == prev.shape[1]:
+            break
+        logits.append(model.extend(window, prev[:, position:position + size], position))
+        position += logits[-1].shape[1]
+    return torch.cat(logits, dim=1)
+
+
 @pytest.mark.parametrize("level,lyrics", TINY)
 def test_sampling_logits_equal_teacher_forcing(level, lyrics):
     model = tiny_prior(level, lyrics)
     c = model.config
     y, upper = labels(c), upper_codes(c)
     prime = torch.randint(0, c.codebook_size, (2, 21))  # rows of 8 (10 with 16 lyric tokens): ends mid-row
-    tokens, logits = model.sample(2, y, upper, prime=prime, chunk_size=5, mask_lyric_ids=True, return_logits=True,
-                                  generator=torch.Generator().manual_seed(0))
+    tokens = model.sample(y, upper, prime=prime, sampling=Sampling(chunk_size=5, mask_lyric_ids=True),
+                          generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (2, c.n_ctx) and torch.equal(tokens[:, :21], prime)
+    n_prefix = c.seq_len - c.n_ctx  # the lyric prefix of "merged" is prefilled too, in the same chunks
+    logits = cached_logits(model, tokens, y, upper, [5] * ((21 + n_prefix) // 5) + [(21 + n_prefix) % 5])
     expected, _ = model.sequence_logits(tokens, y, upper)
     assert logits.shape == expected.shape == (2, c.seq_len, c.vocab_size)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
@@ -97,17 +115,29 @@ def test_sampling_logits_equal_teacher_forcing(level, lyrics):
 def test_ancestral_sampling_of_part_of_a_window_equals_teacher_forcing():
     model = tiny_prior(2)
     y = labels(model.config)
-    tokens, logits = model.sample(2, y, sample_tokens=37, return_logits=True)
+    tokens = model.sample(y, length=37)
     assert tokens.shape == (2, 37)
+    logits = cached_logits(model, tokens, y, None, [])
     full = torch.cat([tokens, tokens.new_zeros(2, 64 - 37)], dim=1)  # later tokens cannot matter
     expected, _ = model.sequence_logits(full, y)
     torch.testing.assert_close(logits, expected[:, :37], atol=1e-4, rtol=0)
 
 
+def test_sampled_tokens_follow_the_cached_logits():
+    """sample() draws each token from extend()'s logits: with top_k=1 it is their argmax, position by position."""
+    model = tiny_prior(1)
+    y, upper = labels(model.config), upper_codes(model.config)
+    tokens = model.sample(y, upper, length=40, sampling=Sampling(top_k=1))
+    logits = cached_logits(model, tokens, y, upper, [])
+    assert torch.equal(tokens, logits.argmax(-1))
+
+
 def test_sampling_is_reproducible_with_a_generator():
     model = tiny_prior(1)
     y, upper = labels(model.config), upper_codes(model.config)
-    draw = lambda seed, **kw: model.sample(2, y, upper, sample_tokens=24, generator=torch.Generator().manual_seed(seed), **kw)
+    draw = lambda seed, prime=None, progress=None, **kw: model.sample(
+        y, upper, prime=prime, length=24, sampling=Sampling(**kw), generator=torch.Generator().manual_seed(seed),
+        progress=progress)
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
     assert torch.equal(draw(5, top_k=3), draw(5, top_k=3))
@@ -121,11 +151,16 @@ def test_sampling_is_reproducible_with_a_generator():
 def test_reduced_precision_sampling_runs_close_to_float32():
     model = tiny_prior(2, "encoder")
     y = labels(model.config)
-    _, exact = model.sample(2, y, sample_tokens=16, return_logits=True, generator=torch.Generator().manual_seed(0))
+    tokens = model.sample(y, length=16, generator=torch.Generator().manual_seed(0))
+    exact = cached_logits(model, tokens, y, None, [])
     for dtype in (torch.bfloat16, torch.float16):
-        tokens, approx = model.sample(2, y, sample_tokens=16, return_logits=True, dtype=dtype,
-                                      generator=torch.Generator().manual_seed(0))
-        assert approx.dtype == torch.float32 and tokens.max() < model.config.codebook_size
+        half = tiny_prior(2, "encoder").half_blocks(dtype)
+        assert half.transformer.blocks[0].attn.c_attn.w.dtype == dtype  # the blocks' weights, nothing else
+        assert half.transformer.blocks[0].attn.c_attn.b.dtype == half.transformer.lm_head.weight.dtype == torch.float32
+        assert half.transformer.block_dtype == half.lyric_encoder.transformer.block_dtype == dtype
+        approx = cached_logits(half, tokens, y, None, [])
+        assert approx.dtype == torch.float32 and half.sample(y, length=16).max() < model.config.codebook_size
+        assert half.transformer.blocks[0].attn.cache.dtype == dtype
         # same tokens are not guaranteed; the first position has no sampled input yet
         assert (approx[:, 0] - exact[:, 0]).abs().max() < 0.1 * exact[:, 0].abs().max()
 
@@ -137,8 +172,8 @@ def test_merged_lyric_ids_become_code_zero_unless_masked():
     logits_bias[5] = 0.0  # every position predicts character id 5
     model.transformer.lm_head.register_forward_hook(lambda module, inputs, out: out + logits_bias)
     y = labels(c)
-    assert (model.sample(2, y, sample_tokens=8) == 0).all()  # jukebox: 5 - 79 clamped at 0
-    assert (model.sample(2, y, sample_tokens=8, mask_lyric_ids=True) != 0).any()  # uniform over the codes
+    assert (model.sample(y, length=8) == 0).all()  # jukebox: 5 - 79 clamped at 0
+    assert (model.sample(y, length=8, sampling=Sampling(mask_lyric_ids=True)) != 0).any()  # uniform over the codes
 
 
 # ---- training -----------------------------------------------------------------------------------------
@@ -198,18 +233,21 @@ def test_tiny_prior_overfits_a_short_sequence():
     assert metrics["gen_loss"] < 0.5  # from 8 bits/token at init
     model.eval()
     prime = tokens[:, :1]
-    assert (model.sample(1, y, prime=prime, top_k=1) == tokens).float().mean() > 0.9
+    assert (model.sample(y, prime=prime, sampling=Sampling(top_k=1)) == tokens).float().mean() > 0.9
 
 
 # ---- labels -------------------------------------------------------------------------------------------
-def test_make_y_layout_matches_the_official_example():
-    c = preset("1b_lyrics")  # FACTS §8: "zac brown band" / "country" / " and " with the v3 tables
-    y = make_y(c, artist=7169, genres=[507], total_length=1058304, offset=0, lyrics=[76, 27, 40, 30, 76])
+def test_window_y_layout_matches_the_official_example():
+    c = preset("1b_lyrics")  # the HF port's test: "zac brown band" / "country" / " and " with the v3 tables
+    y = window_y(c, artist=7169, genres=[507], total_length=1058304, offset=0, lyrics=[76, 27, 40, 30, 76])
     assert y.shape == (c.y_length,) == (389,)
     assert y[:5].tolist() == [1058304, 0, 786432, 7169, 507]
     assert y[5:-5].eq(0).all() and y[-5:].tolist() == [76, 27, 40, 30, 76]  # left-padded with 0
-    y5 = make_y(preset("5b"), artist=1, genres=[4, 9], total_length=60 * 44100)
+    y5 = window_y(preset("5b"), artist=1, genres=[4, 9, -1], total_length=60 * 44100)
     assert y5.tolist() == [60 * 44100, 0, 8192 * 128, 1, 4, 9, -1, -1, -1]
+    assert window_y(c, 7169, [507], 1058304, lyrics=range(1, 401))[5:].tolist() == list(range(1, 385))
+    with pytest.raises(ValueError):
+        window_y(preset("5b"), 1, [1, 2, 3, 4, 5, 6], 60 * 44100)
 
 
 def test_timing_embeddings_index_the_right_bins_at_the_range_edges():
@@ -266,7 +304,7 @@ def test_every_conditioning_input_reaches_the_logits(level, lyrics):
 def test_start_embedding_is_artist_plus_present_genres():
     model = tiny_prior(1)
     emb = model.labels
-    y = make_y(model.config, artist=7, genres=[3, 11], total_length=10 ** 6)[None]
+    y = window_y(model.config, artist=7, genres=[3, 11], total_length=10 ** 6)[None]
     start, timing = emb(y[:, :model.config.n_labels])
     expected = emb.artist_embedding.weight[7] + emb.genre_embedding.weight[3] + emb.genre_embedding.weight[11]
     torch.testing.assert_close(start[0, 0], expected)
