@@ -103,9 +103,11 @@ class Attention(nn.Module):
             else:
                 kv = self.cache
             a = _sdpa(*self._heads(q, *kv.chunk(2, dim=-1)))  # no mask
+        elif position is None:
+            a = self._blocked(*self._heads(*self.c_attn(x).chunk(3, dim=-1)))  # (B, T, 3S) -> 3 x (B, T, H, D)
         else:
-            q, k, v = self.c_attn(x).chunk(3, dim=-1)  # (B, T, 3S) -> 3 x (B, T, S)
-            a = self._blocked(*self._heads(q, k, v)) if position is None else self._cached(q, k, v, position)
+            qkv = self.c_attn(x)  # (B, T, 3S) = [q | k | v]
+            a = self._cached(qkv, position)
         return self.c_proj(a.flatten(2))  # (B, T, H, D) -> (B, T, S) -> (B, T, C)
 
     def _heads(self, *tensors):
@@ -141,44 +143,52 @@ class Attention(nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------------------
     def start_cache(self, batch, dtype, device):
-        """An empty cache for a new sequence of `batch` samples (zeros: prev_row's row 0 reads them)."""
-        self.cache = torch.zeros(batch, self.cache_len, 2 * self.c_proj.w.shape[0], dtype=dtype, device=device)
+        """An empty cache for a new sequence of `batch` samples (zeros: prev_row's row 0 reads them), and the
+        additive masks of the kinds whose visible keys follow a fixed pattern (0 visible, -inf hidden)."""
+        shape = (batch, self.cache_len, 2 * self.c_proj.w.shape[0])
+        if self.cache is not None and self.cache.shape == shape and self.cache.dtype == dtype \
+                and self.cache.device == torch.device(device):
+            self.cache.zero_()  # the same memory again: a compiled (CUDA-graph) step keeps its addresses
+            return
+        self.cache = torch.zeros(shape, dtype=dtype, device=device)
+        side = {"row": self.block_len, "column": self.blocks}.get(self.kind, 0)  # (side, side) lower triangle:
+        hidden = torch.ones(side, side, dtype=torch.bool, device=device).triu(1)  # row: column c sees 0 .. c;
+        self.masks = torch.zeros(side, side, dtype=dtype, device=device).masked_fill(hidden, float("-inf"))
+        self.slots = torch.arange(self.cache_len, device=device)  # column: row r sees rows 0 .. r
 
-    def _cached(self, q, k, v, position):
-        """Positions position .. position+T-1 (B, T, S each): into the cache, then attend. A chunk that runs
-        over a row boundary is handled row by row, so each piece reads one fixed set of cached rows."""
-        b, end = self.block_len, position + q.shape[1]
+    def _cached(self, qkv, position):
+        """Positions position .. position+T-1 ([q | k | v], (B, T, 3S)): into the cache, then attend. A chunk
+        that runs over a row boundary is handled row by row, so each piece reads one fixed set of cached keys."""
+        b, T = self.block_len, qkv.shape[1]
+        if T == 1 or position // b == (position + T - 1) // b:  # one sampling step, or a chunk inside a row
+            return self._attend_cached(qkv, position)
         pieces, start = [], position
-        while start < end:
-            stop = min(end, (start // b + 1) * b)  # the end of this row, or of the chunk
-            i, j = start - position, stop - position
-            pieces.append(self._attend_cached(q[:, i:j], k[:, i:j], v[:, i:j], start))
+        while start < position + T:
+            stop = min(position + T, (start // b + 1) * b)  # the end of this row, or of the chunk
+            pieces.append(self._attend_cached(qkv[:, start - position:stop - position], start))
             start = stop
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)  # (B, T, H, D)
+        return torch.cat(pieces, dim=1)  # (B, T, H, D)
 
-    def _attend_cached(self, q, k, v, start):
-        """Queries at positions start .. start+T-1 of one row (B, T, S each) -> (B, T, H, D)."""
-        B, T, _ = q.shape
+    def _attend_cached(self, qkv, start):
+        """Queries at positions start .. start+T-1 of one row ([q | k | v], (B, T, 3S)) -> (B, T, H, D)."""
+        B, T, _ = qkv.shape
         b, row, col = self.block_len, start // self.block_len, start % self.block_len
-        # where each kind keeps position t: row by column in a ring of one row (row) or two (prev_row)
+        q, kv = qkv.tensor_split([qkv.shape[-1] // 3], dim=-1)  # (B, T, S), (B, T, 2S)
+        # Where each kind keeps position t: row by column in a ring of one row (row) or of two (prev_row).
         slot = {"row": col, "prev_row": start % (2 * b)}.get(self.kind, start)
-        if self.kind != "prime" or start < self.prime_window:  # prime: later keys are never attended
-            n = T if self.kind != "prime" else min(T, self.prime_window - start)
-            self.cache[:, slot:slot + n] = torch.cat([k[:, :n], v[:, :n]], dim=-1)  # (B, n, 2S)
-        cached_k, cached_v = self.cache.chunk(2, dim=-1)  # (B, cache_len, S) each
-        query = torch.arange(T, device=q.device)[:, None]  # (T, 1): query i sits at position start + i
-        key = torch.arange(self.cache_len, device=q.device)[None, :]  # (1, K): the cache slots
+        n = T if self.kind != "prime" else max(0, min(T, self.prime_window - start))  # prime: later keys unused
+        self.cache[:, slot:slot + n] = kv[:, :n]
         if self.kind == "prev_row":  # the other row of the ring, whole: zeros while in row 0, no mask
             other = (row + 1) % 2 * b
-            cached_k, cached_v, mask = cached_k[:, other:other + b], cached_v[:, other:other + b], None
-        elif self.kind == "column":  # the chunk's columns of every row, one sequence of R keys per query
-            # (B, blocks*b, S) -> (B, blocks, b, S) -> (B, T, blocks, S) -> (B*T, blocks, S)
-            columns = lambda t: t.view(B, self.blocks, b, -1)[:, :, col:col + T].transpose(1, 2).flatten(0, 1)
-            cached_k, cached_v = columns(cached_k), columns(cached_v)
-            q, mask = q.reshape(B * T, 1, -1), torch.arange(self.blocks, device=q.device)[None] <= row  # (1, R)
+            keys, mask = self.cache[:, other:other + b], None  # (B, b, 2S)
+        elif self.kind == "column":  # the chunk's columns of every row: one sequence of R keys per query
+            # (B, blocks*b, 2S) -> (B, blocks, b, 2S) -> (B, blocks, T, 2S) -> (B, T, blocks, 2S) -> (B*T, blocks, 2S)
+            keys = self.cache.view(B, self.blocks, b, -1)[:, :, col:col + T].transpose(1, 2).flatten(0, 1)
+            q, mask = q.reshape(B * T, 1, -1), self.masks[row:row + 1]  # (B*T, 1, S), (1, blocks)
         elif self.kind == "row":
-            mask = key <= col + query  # (T, b): the own row up to each query
+            keys, mask = self.cache, self.masks[col:col + T]  # (T, b): the own row up to each query
         else:  # dense, prime: every earlier position (prime: those inside its window)
-            mask = key <= start + query  # (T, K)
-        a = _sdpa(*self._heads(q, cached_k, cached_v), mask=mask)  # (B or B*T, T or 1, H, D)
+            visible = self.slots <= torch.arange(start, start + T, device=q.device)[:, None]  # (T, K)
+            keys, mask = self.cache, visible
+        a = _sdpa(*self._heads(q, *keys.chunk(2, dim=-1)), mask=mask)  # (B or B*T, T or 1, H, D)
         return a.view(B, T, self.heads, -1)

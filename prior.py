@@ -624,6 +624,11 @@ class Prior(nn.Module):
         return loss, {"gen_loss": gen_loss.detach(), "prime_loss": prime_loss.detach()}
 
     # -- sampling ---------------------------------------------------------------------------------------
+    def compile_step(self, mode=None):
+        """From now on sample() runs each new position through torch.compile(extend); mode "reduce-overhead"
+        replays it as a CUDA graph on GPUs. The first positions pay for the compilation."""
+        self._compiled_step = torch.compile(self.extend, mode=mode, dynamic=True)
+
     def start_cache(self, batch, device):
         """Empty attention caches for `batch` new sequences (sample() does this for each window)."""
         self.transformer.start_cache(batch, device)
@@ -662,8 +667,9 @@ class Prior(nn.Module):
         chunk = sampling.chunk_size or max(seq.shape[1], 1)
         for position in range(0, seq.shape[1], chunk):  # prefill: the prime only fills the caches
             self.activations(window, prev[:, position:min(position + chunk, seq.shape[1])], position)
+        step = getattr(self, "_compiled_step", self.extend)
         for position in range(seq.shape[1], length + n_prefix):
-            logits = self.extend(window, prev[:, position:position + 1], position)  # (B, 1, V)
+            logits = step(window, prev[:, position:position + 1], position)  # (B, 1, V)
             prev[:, position + 1] = self.draw(logits[:, -1], sampling, generator)
             if progress is not None:
                 progress(n)

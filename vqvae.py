@@ -15,8 +15,7 @@ Module names map onto the official state dict by plain renames (official.py appl
     bottleneck.level_blocks.{L}.k -> codebooks.{L}.embeddings      .level_blocks. -> .blocks.
     .model. -> .layers.                                            decoders.{L}.out. -> decoders.{L}.output.
 The official files hold only `k` per codebook. Our codebooks also keep their EMA state (`ema_sums`,
-`ema_counts`, `initialized`) as buffers so that our own checkpoints resume exactly; after loading official
-weights (strict=False, exactly those keys missing) call `VQVAE.restore_codebooks`, the official `restore_k`.
+`ema_counts`, `initialized`) as buffers so that our own checkpoints resume exactly; official.py rebuilds it.
 """
 import math
 from dataclasses import dataclass
@@ -77,10 +76,6 @@ class VQVAEConfig:
             hop *= stride**down
             hops.append(hop)
         return tuple(hops)
-
-    @property
-    def tokens_per_second(self):
-        return tuple(self.sample_rate / hop for hop in self.hop_lengths)
 
     @property
     def level_widths(self):
@@ -352,15 +347,11 @@ class Codebook(nn.Module):
         )
 
     @torch.no_grad()
-    def restore(self, num_tokens=None):
-        """Rebuild the EMA state from the embeddings alone, e.g. after loading an official file (official restore_k).
-
-        Each code is taken to have been used num_tokens / K times (once if num_tokens is None); the original
-        passes num_tokens = (sample_length // hop) * world_size when it resumes VQ-VAE training.
-        """
-        expected_count = 1.0 if num_tokens is None else num_tokens / self.size
-        self.ema_counts.fill_(expected_count)
-        self.ema_sums.copy_(self.embeddings * expected_count)
+    def restore(self):
+        """Rebuild the EMA state from the embeddings alone, after loading an official file: each code counts as
+        used once (the original's restore_k)."""
+        self.ema_counts.fill_(1.0)
+        self.ema_sums.copy_(self.embeddings)
         self.initialized.fill_(True)
 
 
@@ -462,21 +453,17 @@ class VQVAE(nn.Module):
             for name, value in codebook_metrics.items():
                 metrics[f"{name}_l{level}"] = value.detach()
             with torch.no_grad():
-                metrics[f"spectral_convergence_db_l{level}"] = spectral_convergence_db(target, x_hat)
+                metrics[f"spectral_convergence_db_l{level}"] = spectral_convergence(target, x_hat)
         loss = (totals["recons_loss"] + cfg.multispectral_weight * totals["multispectral_loss"]
                 + cfg.commit_weight * totals["commit_loss"])
         metrics.update({name: value.detach() for name, value in totals.items()})
         return loss, metrics
 
     @torch.no_grad()
-    def restore_codebooks(self, sample_length=None, world_size=1):
-        """Rebuild the codebooks' EMA state after loading weights that lack it (the official files).
-
-        With sample_length (training clip length in samples) the counts are those the original's
-        restore_k assumes when it resumes training; without it each code counts once.
-        """
-        for hop, codebook in zip(self.config.hop_lengths, self.codebooks):
-            codebook.restore(None if sample_length is None else (sample_length // hop) * world_size)
+    def restore_codebooks(self):
+        """Rebuild the codebooks' EMA state after loading weights that lack it (the official files)."""
+        for codebook in self.codebooks:
+            codebook.restore()
 
 
 # ---- data statistics and metrics -------------------------------------------------------------------
@@ -519,21 +506,16 @@ def _clips(audio):
 
 
 @torch.no_grad()
-def spectral_convergence_db(x, x_hat):
-    """Tensor form of spectral_convergence (no host sync, for per-step metrics)."""
+def spectral_convergence(x, x_hat):
+    """Spectral convergence of x_hat against x in dB (lower is better), the paper's reconstruction metric.
+
+    20*log10 of || |S(x)| - |S(x_hat)| ||_F / || |S(x)| ||_F with the default STFT 2048/256/1536, the ratio
+    computed per example as the original does (a clip whose spectrum norm is under 2e-3 counts as 0) and
+    averaged over the batch, then put in dB. x, x_hat: (B, T, 1), (B, T) or (T,) -> a 0-dim tensor.
+    """
     x, x_hat = _clips(x), _clips(x_hat)
     spec, spec_hat = stft_magnitude(x, *DEFAULT_STFT), stft_magnitude(x_hat, *DEFAULT_STFT)
     norm = torch.linalg.vector_norm(spec, dim=(1, 2))  # (B,)
     residual = torch.linalg.vector_norm(spec - spec_hat, dim=(1, 2))  # (B,)
     ratio = (residual * (norm > 2e-3)) / norm.clamp(min=2e-3)  # (B,)
     return 20 * torch.log10(ratio.mean().clamp(min=1e-12))
-
-
-def spectral_convergence(x, x_hat):
-    """Spectral convergence of x_hat against x in dB (lower is better), the paper's reconstruction metric.
-
-    20*log10 of || |S(x)| - |S(x_hat)| ||_F / || |S(x)| ||_F with the default STFT 2048/256/1536, the
-    ratio computed per example as the original does (a clip whose spectrum norm is under 2e-3 counts as 0)
-    and averaged over the batch, then put in dB. x, x_hat: (B, T, 1), (B, T) or (T,) -> float.
-    """
-    return spectral_convergence_db(x, x_hat).item()
