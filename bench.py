@@ -1,4 +1,4 @@
-"""Benchmarks: `python bench.py {vqvae,attention,prior,sample}`.
+"""Benchmarks: `python bench.py {vqvae,attention,sampling,training}`.
 
 Each section prints one table measured in a single run on this machine, as ratios where a baseline exists,
 so the figures compare like with like. Not a test: nothing here asserts a speed.
@@ -20,7 +20,7 @@ def timed(fn, repeats=3):
     return best
 
 
-# ---- vqvae (issue 2) -------------------------------------------------------------------------------
+# ---- vqvae -------------------------------------------------------------------------------
 def bench_vqvae(args):
     """Release-size VQ-VAE (random weights, same cost as the released ones), batch 1, fp32, inference.
 
@@ -50,7 +50,7 @@ def bench_vqvae(args):
         print(f"{name:<22}{t:>10.3f}{audio_seconds / t:>22.2f}")
 
 
-# ---- attention (issue 3) ---------------------------------------------------------------------------
+# ---- attention ---------------------------------------------------------------------------
 def bench_attention(args):
     """Attention core (q, k, v -> output, forward + backward) of each kind against dense causal SDPA.
 
@@ -98,7 +98,7 @@ def bench_attention(args):
 
             def step():
                 q.grad = k.grad = v.grad = None
-                attn._attend(q, k, v, 0).backward(grad)
+                attn._blocked(q, k, v).backward(grad)
 
             peak = peak_bytes(step)  # also the warm-up; q/k/v gradients are allocated inside it
             seconds = timed(step, repeats=1 if kind == "dense" and n_ctx >= 8192 else 3)
@@ -113,120 +113,115 @@ def bench_attention(args):
                   flush=True)
 
 
-# ---- prior (issue 4) -------------------------------------------------------------------------------
-def bench_prior(args):
-    """`small` top prior, one 8192-token window, batch 1: a training step (forward + backward + AdamW), and
-    sampling at the end of the window, where the caches are largest: one cached step per new token vs. the
-    no-cache alternative, a forward over the whole context per token. Also RSS over the sampled tokens."""
-    import os
-    from prior import Prior, make_y, preset
+# ---- sampling -------------------------------------------------------------------------------------
+def gemv_floor(model, batch):
+    """A function doing only the matrix products of one cached step: every Conv1D of the blocks and the output
+    layer, on random (batch, n_in) inputs. A batch-1 step cannot cost less: it must read all these weights."""
+    from attention import Conv1D
+    convs = [m for t in model.transformers()[:1] for m in t.blocks.modules() if isinstance(m, Conv1D)]
+    dtype = convs[0].w.dtype
+    inputs = [torch.randn(batch, c.w.shape[0], dtype=dtype) for c in convs]
+    head, x_head = model.transformer.lm_head.weight, torch.randn(batch, model.config.width)
 
-    def rss_mb():  # resident set size now, from /proc (Linux)
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-    torch.manual_seed(0)
-    config = preset("small")
-    model = Prior(config)
-    n_ctx, n_new = config.n_ctx, 64
-    y = make_y(config, artist=0, genres=[0], total_length=4 * config.sample_length)[None]  # (1, n_y)
-    tokens = torch.randint(0, config.codebook_size, (1, n_ctx))
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"# preset small: width {config.width}, depth {config.depth}, n_ctx {n_ctx}, {n_params / 1e6:.1f}M params")
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def train_step():
-        loss, _ = model(tokens, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.train()
-    train_s = timed(train_step, repeats=3)
-    model.eval()
-    with torch.no_grad():
-        full_s = timed(lambda: model.logits(tokens, y), repeats=3)  # what each token costs without a cache
-
-    # Cached sampling of the last n_new tokens of the window, after a chunked prefill of the rest. A hook on
-    # the output layer stamps the time and RSS at every position, so the sampled steps are timed on their
-    # own (median interval: robust to other processes on a shared machine).
-    prime = tokens[:, :n_ctx - n_new]
-    stamps = []
-    hook = model.transformer.lm_head.register_forward_hook(
-        lambda *_: stamps.append((time.perf_counter(), rss_mb())))
-    start = time.perf_counter()
-    model.sample(1, y, prime=prime, sample_tokens=n_ctx, chunk_size=32, generator=torch.Generator().manual_seed(0))
-    hook.remove()
-    n_chunks = len(stamps) - n_new
-    prefill_s = stamps[n_chunks - 1][0] - start
-    stepped = stamps[n_chunks - 1:]  # the end of the prefill, then one stamp per sampled token
-    steps = sorted(b[0] - a[0] for a, b in zip(stepped, stepped[1:]))  # (n_new,) seconds per token
-    step_s = steps[len(steps) // 2]
-    rss = [r for _, r in stepped[1:]]
-
-    print("| measure | value |")
-    print("|---|---|")
-    print(f"| training step (fwd+bwd+AdamW), 1 x {n_ctx} tokens | {train_s:.2f} s = {n_ctx / train_s:,.0f} tokens/s |")
-    print(f"| full forward over {n_ctx} tokens (= 1 sampled token without cache) | {full_s:.3f} s |")
-    print(f"| prefill of {n_ctx - n_new} prime tokens, chunks of 32 | {prefill_s:.2f} s = "
-          f"{(n_ctx - n_new) / prefill_s:,.0f} tokens/s |")
-    print(f"| cached sampling, tokens {n_ctx - n_new}..{n_ctx - 1} (median; mean) | {step_s * 1e3:.2f} ms/token = "
-          f"{1 / step_s:,.0f} tokens/s; mean {sum(steps) / len(steps) * 1e3:.2f} ms |")
-    print(f"| per-token speed-up of the cache over full re-forward | {full_s / step_s:,.0f}x |")
-    print(f"| RSS over the {n_new} sampled tokens (first -> last, max) | {rss[0]:.1f} -> {rss[-1]:.1f} MB, "
-          f"max {max(rss):.1f} MB (+{max(rss) - rss[0]:.1f} MB) |")
+    def products():
+        for conv, x in zip(convs, inputs):
+            torch.addmm(conv.b.to(dtype), x, conv.w)
+        torch.mm(x_head, head.t())
+    return products
 
 
-# ---- sample (issue 6) ------------------------------------------------------------------------------
-def bench_sample(args):
-    """Seconds of audio per second of wall time, per level, for the tiny and small priors (random weights).
-
-    One steady-state window per level through sample.sample_level, as in a long run: the conditioning and the
-    prime prefill of n_ctx - hop tokens (the overlap with the previous window), then new tokens. A hook on the
-    transformer timestamps every call, so one run gives both the fixed cost (up to the last prefill chunk) and
-    the cost per new token (over the next min(hop, 128)); a whole window costs fixed + hop * per token.
-    Batch 1, float32, the VQ-VAE decoder not included (see `bench.py vqvae`).
-    """
-    import sample
-    from prior import Prior, make_y, preset
-    print("# sample: one steady-state window per level, batch 1, float32, random weights")
-    print(f"{'preset':7s}{'level':>6s}{'n_ctx':>7s}{'hop':>6s}{'fixed s':>9s}{'ms/token':>10s}{'window s':>10s}"
-          f"{'audio s/s':>11s}")
-    for name in ("tiny", "small"):
-        for level in (2, 1, 0):
-            torch.manual_seed(0)
-            config = preset(name, level=level)
-            prior = Prior(config).eval()
-            settings = sample.Settings()
-            hop = int(settings.hop_fraction[level] * config.n_ctx)
-            primed = config.n_ctx - hop  # the overlap every later window is primed with
-            new = min(hop, 128)  # timed new tokens, inside this one window (upsamplers: a multiple of 4)
-            codes = [torch.randint(config.codebook_size, (1, primed)) for _ in range(3)]
-            upper = None if config.is_top else torch.randint(config.codebook_size, (1, (primed + new) // 4))
-            y = make_y(config, artist=0, genres=[0], total_length=60 * config.sample_rate)[None]  # (1, n_y)
-            stamps = []
-            hook = prior.transformer.register_forward_hook(lambda *_: stamps.append(time.perf_counter()))
+def step_times(model, y, upper, batch, first, count, floor=None):
+    """Median ms of the cached steps at positions first .. first+count-1 (after a prefill of `first` tokens,
+    whose time is returned too), and of `floor` timed between them (interleaved: shared cores slow both)."""
+    window = model.condition(y.expand(batch, -1), None if upper is None else upper.expand(batch, -1))
+    prev = torch.randint(model.config.codebook_size, (batch, first + count))
+    model.start_cache(batch, "cpu")
+    begin = time.perf_counter()
+    for position in range(0, first, 32):
+        model.activations(window, prev[:, position:min(first, position + 32)], position)
+    prefill = time.perf_counter() - begin
+    steps, floors = [], []
+    for position in range(first, first + count):
+        if floor is not None:
             begin = time.perf_counter()
-            sample.sample_level(prior, codes, level, primed + new, config.hop_length, y, settings, upper=upper,
-                                upper_ratio=4, generator=torch.Generator().manual_seed(0))
-            hook.remove()
-            prefill_calls = -(-primed // settings.chunk_size)
-            fixed = stamps[prefill_calls - 1] - begin  # conditioning + prefill of the prime
-            per_token = (stamps[-1] - stamps[prefill_calls - 1]) / new
-            window = fixed + hop * per_token
-            audio = hop * config.hop_length / config.sample_rate  # seconds of audio one window adds
-            print(f"{name:7s}{level:>6d}{config.n_ctx:>7d}{hop:>6d}{fixed:>9.3f}{1000 * per_token:>10.1f}"
-                  f"{window:>10.2f}{audio / window:>11.4f}", flush=True)
+            floor()
+            floors.append(time.perf_counter() - begin)
+        begin = time.perf_counter()
+        model.extend(window, prev[:, position:position + 1], position)
+        steps.append(time.perf_counter() - begin)
+    median = lambda v: sorted(v)[len(v) // 2] * 1e3 if v else float("nan")
+    return median(steps), median(floors), prefill
+
+
+def bench_sampling(args):
+    """The cached sampling step of the `bench` priors (the released 8192-token window and 128 blocks; width 512,
+    12 blocks; top: 4 heads, upsampler: 1 head and a Conditioner), random weights, float32 unless --dtype.
+
+    Rows: ms per cached step (one new position for every sample of the batch; median over positions 64..192)
+    at batch 1, 4, 16, beside the floor (the same step's matrix products alone, timed interleaved) and their
+    ratio; a step at position 4096; the prefill of 4096 prime positions (chunks of 32) + the first step; a
+    teacher-forced forward over 8192 positions, batch 1. Positions are tokens; for the upsampler, audio."""
+    from prior import Prior, preset, window_y
+    print("| prior | row | ms | floor ms | step / floor |")
+    print("|---|---|---|---|---|")
+    for level in (2, 1):
+        torch.manual_seed(0)
+        config = preset("bench", level=level)
+        model = Prior(config).eval()
+        if args.dtype != "float32":
+            model.half_blocks(getattr(torch, args.dtype))
+        name = "bench top" if level == 2 else "bench upsampler"
+        y = window_y(config, 0, [0], 60 * config.sample_rate)[None]  # (1, n_y)
+        upper = None if config.is_top else torch.randint(config.codebook_size, (1, config.n_ctx // 4))
+        with torch.no_grad():
+            for batch in (1, 4, 16):
+                step, floor, _ = step_times(model, y, upper, batch, 64, 128, gemv_floor(model, batch))
+                print(f"| {name} | cached step, batch {batch} | {step:.2f} | {floor:.2f} | {step / floor:.2f} |",
+                      flush=True)
+            step, _, prefill = step_times(model, y, upper, 1, 4096, 32)
+            print(f"| {name} | cached step at position 4096, batch 1 | {step:.2f} | | |")
+            print(f"| {name} | prefill 4096 + first step | {prefill * 1e3 + step:.0f} | | |")
+            tokens = torch.randint(config.codebook_size, (1, config.n_ctx))
+            forward = timed(lambda: model.logits(tokens, y, upper), repeats=2)
+            print(f"| {name} | teacher-forced forward, 8192 positions | {forward * 1e3:.0f} | | |", flush=True)
+
+
+def bench_training(args):
+    """Prior training speed on CPU, tokens/s of forward + backward + AdamW: the `bench` top prior on one
+    8192-token window, and the tiny recipe priors on a batch of 64-token windows."""
+    from prior import Prior, preset, window_y
+    print("| prior | batch x tokens | step s | tokens/s |")
+    print("|---|---|---|---|")
+    for name, level, batch in (("bench", 2, 1), ("tiny", 2, 16), ("tiny", 1, 32), ("tiny", 0, 64)):
+        torch.manual_seed(0)
+        config = preset(name, level=level)
+        model = Prior(config).train()
+        y = window_y(config, 0, [0], 60 * config.sample_rate)[None].expand(batch, -1)
+        tokens = torch.randint(config.codebook_size, (batch, config.n_ctx))
+        upper = None if config.is_top else torch.randint(config.codebook_size, (batch, config.n_ctx // 4))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def train_step():
+            loss, _ = model(tokens, y, upper)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds = timed(train_step, repeats=3)
+        print(f"| {name} level {level} | {batch} x {config.n_ctx} | {seconds:.3f} | {batch * config.n_ctx / seconds:,.0f} |",
+              flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["vqvae", "attention", "prior", "sample"], help="what to measure")
+    parser.add_argument("section", choices=["vqvae", "attention", "sampling", "training"], help="what to measure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="sampling: precision of the transformer blocks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    {"vqvae": bench_vqvae, "attention": bench_attention, "prior": bench_prior, "sample": bench_sample}[args.section](args)
+    {"vqvae": bench_vqvae, "attention": bench_attention, "sampling": bench_sampling,
+     "training": bench_training}[args.section](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Implements the top-level priors (5b, 5b_lyrics, 1b_lyrics) and the two upsamplers of arXiv:2005.00341 §4
 (priors and upsamplers; artist, genre and timing conditioning; lyrics conditioning; sampling) and
-Appendix B (hyperparameters), exactly as released, plus tiny/small presets that run on a CPU.
+Appendix B (hyperparameters), exactly as released, plus tiny/bench presets that run on a CPU.
 
 Reading order:
   1. PriorConfig and preset(): every hyperparameter of the released models, named, with its official name.
@@ -148,10 +148,10 @@ def _cpu(name, level, lyrics):
                         cond_width=32, cond_depth=2, cond_dilation_cycle=2)
         lyric = dict(n_lyric_tokens=16, encoder_width=32, encoder_attention=FACTORIZED, encoder_heads=2,
                      encoder_blocks=4, encoder_init_scale=1.0)
-    else:                # "small": the benchmark size, a real 8192-token window but narrow and shallow
-        c = PriorConfig(level=level, n_ctx=8192, width=256, attention=FACTORIZED * 3, heads=2, blocks=128,
-                        init_scale=0.7, merged_decoder=level == 2, timing_bins=64, min_duration=0.0,
-                        cond_width=128, cond_depth=4, cond_dilation_cycle=4)
+    else:                # "bench": the benchmark size, the released 8192-token window, narrow and shallow
+        c = PriorConfig(level=level, n_ctx=8192, width=512, attention=FACTORIZED * 4, heads=4 if level == 2 else 1,
+                        blocks=128, init_scale=0.7, merged_decoder=level == 2, timing_bins=64, min_duration=0.0,
+                        cond_width=256, cond_depth=4, cond_dilation_cycle=4)
         lyric = dict(n_lyric_tokens=256, encoder_width=128, encoder_attention=FACTORIZED, encoder_heads=2,
                      encoder_blocks=16, encoder_init_scale=0.7)
     if lyrics == "encoder":   # 5b_lyrics-style: the 4th block cross-attends to the lyric encoder
@@ -168,7 +168,7 @@ RELEASED = ("upsampler_level_0", "upsampler_level_1", "5b", "5b_lyrics", "1b_lyr
 
 def preset(name, level=None, lyrics="none"):
     """A named PriorConfig. Released names fix their own level and lyrics (a `level` given must agree);
-    "tiny" and "small" take both (level default 2)."""
+    "tiny" and "bench" take both (level default 2)."""
     if name in RELEASED:
         config = _released(name)
         if level not in (None, config.level) or lyrics != "none":
@@ -176,8 +176,8 @@ def preset(name, level=None, lyrics="none"):
                              f"got level={level}, lyrics={lyrics!r}")
         return config
     level = 2 if level is None else level
-    if name not in ("tiny", "small"):
-        raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'small')}")
+    if name not in ("tiny", "bench"):
+        raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'bench')}")
     if lyrics not in ("none", "encoder", "merged") or (lyrics != "none" and level != 2):
         raise ValueError(f"lyrics={lyrics!r} needs level 2 and one of 'none', 'encoder', 'merged'")
     return _cpu(name, level, lyrics)

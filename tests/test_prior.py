@@ -328,7 +328,7 @@ def test_presets():
         preset("5b", level=1)
     for level, lyrics in TINY:  # every CPU preset builds (row lengths divide, patterns exist)
         with torch.device("meta"):
-            assert Prior(preset("small", level=level, lyrics=lyrics)).config.n_ctx == 8192
+            assert Prior(preset("bench", level=level, lyrics=lyrics)).config.n_ctx == 8192
     c = preset("1b_lyrics")
     assert (c.seq_len, c.vocab_size, c.y_length, c.sample_length) == (6528, 2127, 389, 786432)
     assert dataclasses.asdict(c) == dataclasses.asdict(prior.PriorConfig(**dataclasses.asdict(c)))
