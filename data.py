@@ -1,26 +1,21 @@
-"""Audio and labels in: files -> mono crops at the model's rate, and artist/genre/lyrics -> the ids Jukebox uses.
+"""Data in: audio files -> mono windows at the model's rate, VQ-VAE codes cached per song, and the label ids.
 
-Jukebox (arXiv:2005.00341) trains on random crops of 44.1 kHz mono songs (~9 s for the VQ-VAE, one context window
-for a prior) and conditions its top prior on artist, genre and the lyric characters that fall near the crop (§4,
-conditioning; the lyrics are assumed spread evenly over the song).
+Jukebox (arXiv:2005.00341) trains on windows of 44.1 kHz mono songs (~9 s for the VQ-VAE, one context of codes
+for a prior), conditioned on artist, genre and the lyric characters near the window (§4, lyrics spread evenly).
 
-Reading order:
-  1. `load_audio` / `resample`: read any file libsndfile decodes (wav, flac, ogg, mp3, aiff), mix to mono and
-     resample with a Kaiser-windowed sinc filter, reading only the span asked for.
-  2. `AudioDataset`: a cached duration index over a folder, and crops that are a pure function of (seed, index).
-  3. Labels: artist/genre id tables (ids/, v2 for 5b models, v3 for 1b_lyrics), the character-level lyric
-     tokenizer and `lyric_window`, the slice of lyrics that follows the music window.
-  4. `make_toy`: procedurally generated songs with sidecar metadata, for tests and the CPU quick start.
+Reading order: 1. `load_audio` / `resample`: any file libsndfile decodes, as mono, resampled, decoding only the
+span asked for. 2. `scan_folder`, `AudioDataset`: a cached index of the songs; the VQ-VAE's windows, cut as the
+original does. 3. The code cache: `encode_song` encodes a song once per level with the frozen VQ-VAE,
+`CodeDataset` reads code-aligned windows of the codes (the priors' data). 4. Labels: artist/genre id tables (ids/,
+v2 for 5b models, v3 for 1b_lyrics) and the lyric tokenizer.
 
-Legend: T samples. Audio is float32 in [-1, 1]; `load_audio` returns (T,), the dataset returns (T, 1) like the
-VQ-VAE's input. Lengths and offsets are counted in samples at the target rate.
-
-Sidecar metadata: `song.wav` may have `song.json` beside it, {"artist": str, "genre": str, "lyrics": str}; any key
-may be missing (artist and genre default to "unknown", lyrics to ""), other keys are ignored.
+Legend: T samples. Audio is float32 in [-1, 1], (T,) from `load_audio`, (T, 1) from `AudioDataset`; lengths and
+offsets are samples at the target rate. `song.wav` may have a sidecar `song.json`, {"artist", "genre", "lyrics"}
+(strings; missing ones are "unknown", "unknown", "").
 """
-import argparse
 import difflib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -32,44 +27,33 @@ import warnings
 import numpy as np
 import soundfile as sf
 import torch
+import torch.distributed as dist
 
 
-class AudioError(Exception):
-    """A problem the user can fix (unreadable file, empty folder, bad sidecar): the message is one line that names
-    the file and the fix. `main()` of every script prints it and exits with code 2."""
+class UserError(Exception):
+    """A mistake the user can fix, in one line naming it and the fix; each main() prints it and exits with code 2."""
 
 
 # ---- 1. Reading and resampling ---------------------------------------------------------------------------------
 
-# Kaiser-windowed sinc: 32 zero crossings at the lower rate, cutoff at 94.5 % of the lower Nyquist, beta 9.5. Measured
-# at 48 -> 44.1 kHz: flat (< 0.1 dB) to 88 % of the new Nyquist (19.4 kHz); a tone just above the new Nyquist folds
-# back > 40 dB down, 3 % above it > 75 dB down, 4 % or more above it > 95 dB down.
-ZERO_CROSSINGS = 32
-ROLLOFF = 0.945
-KAISER_BETA = 9.5
+# Kaiser-windowed sinc: 32 zero crossings at the lower rate, cutoff at 94.5 % of the lower Nyquist, beta 9.5. At 48 ->
+# 44.1 kHz: flat (< 0.1 dB) to 19.4 kHz; tones 0 / 3 / 4+ % above the new Nyquist fold back > 40 / 75 / 95 dB down.
+ZERO_CROSSINGS, ROLLOFF, KAISER_BETA = 32, 0.945, 9.5
 CHUNK = 1 << 15  # output samples computed per vectorised step (bounds the (chunk, taps) gather in memory)
 
 
-def _ratio(orig_sr, new_sr):
-    """(up, down) in lowest terms: output sample m sits at input position m * down / up."""
-    g = math.gcd(orig_sr, new_sr)
-    return new_sr // g, orig_sr // g
+def _ratio(orig_sr, new_sr):  # (up, down) in lowest terms: output sample m sits at input position m * down / up
+    return new_sr // math.gcd(orig_sr, new_sr), orig_sr // math.gcd(orig_sr, new_sr)
 
 
-def resampled_length(n, orig_sr, new_sr):
-    """Output samples for n input samples: those whose position m * orig_sr / new_sr is inside the input."""
-    up, down = _ratio(orig_sr, new_sr)
-    return -(-n * up // down)  # ceil
+def resampled_length(n, orig_sr, new_sr):  # output samples m whose position m * orig_sr / new_sr is in the input
+    return -(-n * new_sr // orig_sr)  # ceil
 
 
 @functools.lru_cache(maxsize=16)
 def _sinc_kernels(orig_sr, new_sr):
-    """Per-phase filter taps for orig_sr -> new_sr.
-
-    Output m = q*up + p lies at input position base + frac with base = floor(m*down/up) and frac depending only on
-    the phase p, so `up` kernels cover every output. Returns (offsets (taps,), kernels (up, taps)): output m is
-    sum_j x[base + offsets[j]] * kernels[m % up, j].
-    """
+    """Per-phase filter taps: output m is sum_j x[floor(m * down / up) + offsets[j]] * kernels[m % up, j], since
+    the fractional input position of output m depends only on its phase m % up. Returns (offsets, kernels)."""
     up, down = _ratio(orig_sr, new_sr)
     cutoff = ROLLOFF * min(1.0, up / down)  # pass band as a fraction of the input Nyquist
     half = math.ceil(ZERO_CROSSINGS / cutoff)  # half width in input samples (wider when downsampling)
@@ -77,25 +61,21 @@ def _sinc_kernels(orig_sr, new_sr):
     frac = (np.arange(up) * down % up) / up  # (up,) fractional input position of each phase
     tau = offsets[None, :] - frac[:, None]  # (up, taps) distance from each tap to the output's position
     window = np.i0(KAISER_BETA * np.sqrt(np.clip(1 - (tau / half) ** 2, 0, None))) / np.i0(KAISER_BETA)
-    kernels = cutoff * np.sinc(cutoff * tau) * window  # ideal low-pass at `cutoff`, DC gain 1
-    return offsets, kernels.astype(np.float32)
+    return offsets, (cutoff * np.sinc(cutoff * tau) * window).astype(np.float32)  # low-pass at `cutoff`, DC gain 1
 
 
-def _resample_span(x, orig_sr, new_sr, first, count, x_start=0):
-    """Outputs first .. first+count-1 of resampling a signal of which x holds the samples from index x_start on.
-
-    Samples outside x count as zeros, so when x holds the whole file this is `resample`, and when x holds the span
-    the filter needs (see `load_audio`) the result equals the same slice of the whole-file resampling.
-    """
-    up, down = _ratio(orig_sr, new_sr)
-    offsets, kernels = _sinc_kernels(orig_sr, new_sr)
-    out = np.zeros(count, dtype=np.float32)
-    if count == 0:
-        return out
-    lowest = first * down // up - x_start + offsets[0]  # first and last index into x that any tap reads
-    highest = (first + count - 1) * down // up - x_start + offsets[-1]
-    pad = max(0, -lowest)
-    padded = np.pad(x, (pad, max(0, highest + 1 - len(x))))  # zeros outside x
+def resample(x, orig_sr, new_sr, first=0, count=None, x_start=0):
+    """Band-limited resampling of a mono signal (T,) -> float32 (ceil(T * new_sr / orig_sr),), or only its outputs
+    first .. first+count-1 for a signal whose samples from x_start on are x (zeros outside): when x holds the span
+    the taps reach (see `load_audio`), the same slice as resampling the whole file. Equal rates: a copy."""
+    x = np.asarray(x, dtype=np.float32)
+    if orig_sr == new_sr:
+        return x.copy()
+    up, down, (offsets, kernels) = *_ratio(orig_sr, new_sr), _sinc_kernels(orig_sr, new_sr)
+    count = resampled_length(len(x), orig_sr, new_sr) if count is None else count
+    out, pad = np.zeros(count, dtype=np.float32), max(0, -(first * down // up - x_start + offsets[0]))
+    highest = (first + count - 1) * down // up - x_start + offsets[-1]  # the last index into x that a tap reads
+    padded = np.pad(x, (pad, max(0, highest + 1 - len(x))))  # zeros outside x, and before it as far as taps reach
     for c in range(0, count, CHUNK):
         m = np.arange(first + c, first + min(c + CHUNK, count), dtype=np.int64)  # (n,) output indices
         idx = (m * down // up - x_start + pad)[:, None] + offsets  # (n, taps) indices into padded
@@ -103,195 +83,234 @@ def _resample_span(x, orig_sr, new_sr, first, count, x_start=0):
     return out
 
 
-def resample(x, orig_sr, new_sr):
-    """Band-limited resampling of a mono signal (T,) from orig_sr to new_sr Hz; returns float32 (ceil(T*new/orig),)."""
-    x = np.asarray(x, dtype=np.float32)
-    if orig_sr == new_sr:
-        return x.copy()
-    return _resample_span(x, orig_sr, new_sr, 0, resampled_length(len(x), orig_sr, new_sr))
-
-
-def load_audio(path, sample_rate, start=0, length=None):
-    """Read `path` as mono float32 (T,) at `sample_rate`.
-
-    start, length: the span to return, in samples at `sample_rate` (default: from start to the end). Only that span
-    plus the resampler's margin is decoded, so a 9 s crop of a long song costs 9 s of decoding. A span that runs
-    past the end of the file is returned short; the caller pads.
-    """
+def load_audio(path, sample_rate, start=0, length=None, mix=0.5):
+    """`path` as mono float32 (T,) at `sample_rate`: samples [start, start + length) (default: to the end), short
+    past the end. Only that span plus the resampler's reach is decoded. Two channels become mix * left +
+    (1 - mix) * right, more their mean. UserError naming the file for unreadable audio or NaN/inf samples."""
     try:
         with sf.SoundFile(path) as f:
-            orig_sr, frames = f.samplerate, f.frames
-            total = resampled_length(frames, orig_sr, sample_rate)
-            start = min(start, total)
-            length = total - start if length is None else min(length, total - start)
-            if orig_sr == sample_rate:
-                src_first, src_end = start, start + length
-            else:  # the input samples the filter taps of outputs start .. start+length-1 touch, inside the file
-                up, down = _ratio(orig_sr, sample_rate)
-                offsets, _ = _sinc_kernels(orig_sr, sample_rate)
-                src_first = max(0, start * down // up + offsets[0])
-                src_end = min(frames, (start + length - 1) * down // up + offsets[-1] + 1)
+            orig_sr, frames, total = f.samplerate, f.frames, resampled_length(f.frames, f.samplerate, sample_rate)
+            start, length = min(start, total), total - min(start, total) if length is None else length
+            up, down = _ratio(orig_sr, sample_rate)
+            offsets = _sinc_kernels(orig_sr, sample_rate)[0] if up != down else (0, 0)  # the taps' reach, in input
+            src_first = max(0, start * down // up + offsets[0])
+            src_end = min(frames, (start + length - 1) * down // up + offsets[-1] + 1)
             f.seek(src_first)
             audio = f.read(max(0, src_end - src_first), dtype="float32", always_2d=True)  # (t, channels)
     except sf.SoundFileError as e:  # LibsndfileError: missing file, unknown format, corrupt header or data
-        reason = " ".join(str(e).split())  # one line
-        raise AudioError(f"{path}: cannot read audio ({reason}); convert it to wav/flac/ogg/mp3 or remove it") from None
-    audio = audio.mean(axis=1)  # (t, channels) -> (t,); jukebox: stereo becomes the 0.5/0.5 mix (no aug_blend)
-    if orig_sr == sample_rate:
-        return audio
-    return _resample_span(audio, orig_sr, sample_rate, start, length, x_start=src_first)
+        raise UserError(f"{path}: cannot read audio ({' '.join(str(e).split())}); convert or remove it") from None
+    if not np.isfinite(audio).all():  # float files can hold them; one would poison every loss it reaches
+        raise UserError(f"{path}: holds NaN or infinite samples; re-export the file or remove it")
+    mix = float(mix)  # jukebox: 0.5/0.5 unless the caller draws it (aug_blend); a Python float keeps float32
+    audio = mix * audio[:, 0] + (1 - mix) * audio[:, 1] if audio.shape[1] == 2 else audio.mean(axis=1)  # (t,)
+    length = max(0, min(length, total - start))
+    return audio[:length] if up == down else resample(audio, orig_sr, sample_rate, start, length, src_first)
 
 
-# ---- 2. Dataset ------------------------------------------------------------------------------------------------
+# ---- 2. The index and the windows ------------------------------------------------------------------------------
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 INDEX_NAME = ".jukebox_index.json"  # written in the data folder; delete it to force a rescan
-INDEX_VERSION = 1
-
-
-def _stamp(path):
-    """(mtime_ns, size) of a file, or None if it does not exist: an index entry is reused while this is unchanged."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return [st.st_mtime_ns, st.st_size]
 
 
 def _read_sidecar(audio_path):
-    """Metadata from `<stem>.json` beside the audio file, with defaults for what is missing."""
-    meta = {"artist": "unknown", "genre": "unknown", "lyrics": ""}
-    path = os.path.splitext(audio_path)[0] + ".json"
-    if not os.path.exists(path):
-        return meta
+    meta, path = {"artist": "unknown", "genre": "unknown", "lyrics": ""}, os.path.splitext(audio_path)[0] + ".json"
     try:
         with open(path, encoding="utf-8") as f:
             found = json.load(f)
+    except FileNotFoundError:
+        return meta
     except (OSError, ValueError) as e:
-        raise AudioError(f"{path}: bad metadata sidecar ({e}); fix it or delete it") from None
-    if not isinstance(found, dict):
-        raise AudioError(f'{path}: a sidecar is one JSON object {{"artist": .., "genre": .., "lyrics": ..}}; fix it')
-    for key in meta:
-        if key in found:
-            if not isinstance(found[key], str):
-                raise AudioError(f"{path}: \"{key}\" must be a string; fix it or delete the sidecar")
-            meta[key] = found[key]
-    return meta
+        raise UserError(f"{path}: bad metadata sidecar ({' '.join(str(e).split())}); fix it or delete it") from None
+    if not isinstance(found, dict) or not all(isinstance(found.get(k, ""), str) for k in meta):
+        raise UserError(f'{path}: a sidecar is one JSON object of strings {{"artist", "genre", "lyrics"}}; fix it')
+    return {k: found.get(k, v) for k, v in meta.items()}
 
 
-def scan_folder(root, index_path=None):
-    """Index every audio file under root (recursive): {relative path: entry}, reusing a cached index.
-
-    An entry holds the source rate and frame count from the file's header plus its sidecar metadata, keyed by the
-    (mtime, size) of both files, so only new or changed files are opened. Unreadable files get an "error" entry
-    and are skipped with one warning naming them. The index is rewritten atomically when anything changed.
-    """
+def scan_folder(root):
+    """{relative path: entry} of every audio file under root (hidden folders skipped): rate, frames, sidecar and the
+    (mtime, size) stamps of both files, kept in root/INDEX_NAME so unchanged files are not opened again.
+    Unreadable files are skipped with one warning naming them."""
     if not os.path.isdir(root):
-        raise AudioError(f"{root}: not a folder; pass a folder of audio files (or: python data.py --make-toy DIR)")
-    index_path = index_path or os.path.join(root, INDEX_NAME)
+        raise UserError(f"{root}: not a folder; pass a folder of audio files (or make one: python toy.py DIR)")
+    index_path, files = os.path.join(root, INDEX_NAME), {}
     try:
         with open(index_path, encoding="utf-8") as f:
-            cached = json.load(f)
-        cached = cached["files"] if cached.get("version") == INDEX_VERSION else {}
-    except (OSError, ValueError, KeyError, AttributeError):
+            cached = dict(json.load(f))
+    except (OSError, ValueError, TypeError):  # none yet, or a damaged one: scan everything
         cached = {}
-
-    files, changed = {}, False
     for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip hidden folders; walk in a stable order
-        for name in sorted(names):
-            if not name.lower().endswith(AUDIO_EXTENSIONS) or name.startswith("."):
-                continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # a stable order; skips the code cache
+        for name in sorted(n for n in names if n.lower().endswith(AUDIO_EXTENSIONS) and not n.startswith(".")):
             path = os.path.join(folder, name)
+            stamp = [[os.stat(p).st_mtime_ns, os.stat(p).st_size] if os.path.exists(p) else None
+                     for p in (path, os.path.splitext(path)[0] + ".json")]  # the audio and its sidecar
             rel = os.path.relpath(path, root)
-            stamp = [_stamp(path), _stamp(os.path.splitext(path)[0] + ".json")]
             entry = cached.get(rel)
-            if not isinstance(entry, dict) or entry.get("stamp") != stamp:
-                entry, changed = {"stamp": stamp}, True
+            if not isinstance(entry, dict) or entry.get("stamp") != stamp:  # new or changed: open it
+                entry = {"stamp": stamp}
                 try:
                     info = sf.info(path)
-                    entry.update(sample_rate=info.samplerate, frames=info.frames, channels=info.channels)
-                    if info.frames <= 0:
-                        entry["error"] = "no samples"
-                except sf.SoundFileError as e:
-                    entry["error"] = str(e)
-                if "error" not in entry:
-                    entry["meta"] = _read_sidecar(path)  # a bad sidecar is an error, not a skip: fix it
+                    entry.update(sample_rate=info.samplerate, frames=info.frames, meta=_read_sidecar(path))
+                except sf.SoundFileError as e:  # (a bad sidecar is a UserError to fix, not a file to skip)
+                    entry["error"] = " ".join(str(e).split())
+                if entry.get("frames") == 0:
+                    entry["error"] = "no samples"
             files[rel] = entry
-    changed |= set(files) != set(cached)
-
     bad = [f"{rel} ({entry['error']})" for rel, entry in files.items() if "error" in entry]
     if bad:
-        warnings.warn(f"skipping {len(bad)} unreadable audio file(s) in {root}: " + "; ".join(bad[:20])
-                      + (" ..." if len(bad) > 20 else ""))
-    if changed:
+        warnings.warn(f"skipping {len(bad)} unreadable audio file(s) in {root}: " + "; ".join(bad[:20]))
+    if files != cached:
         try:  # atomic: ranks that scan at the same time each write a complete file
-            tmp = f"{index_path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"version": INDEX_VERSION, "files": files}, f)
-            os.replace(tmp, index_path)
+            with open(f"{index_path}.{os.getpid()}.tmp", "w", encoding="utf-8") as f:
+                json.dump(files, f)
+            os.replace(f"{index_path}.{os.getpid()}.tmp", index_path)
         except OSError as e:
             warnings.warn(f"could not write the audio index {index_path} ({e}); it will be rebuilt next time")
     return {rel: entry for rel, entry in files.items() if "error" not in entry}
 
 
 class AudioDataset(torch.utils.data.Dataset):
-    """Random crops of `sample_length` samples at `sample_rate` from every audio file under `root`.
+    """Windows of `sample_length` samples of the songs under `root` laid end to end, cut as the original does:
+    window i starts at i * sample_length (aug_shift: plus a random shift in [-half, half) of a window), belongs to
+    the song of its midpoint, and moves half a window back inside it when it runs over an edge. aug_blend mixes a
+    stereo song's channels with a random weight per window. Songs shorter than a window or min_seconds (default:
+    the window in whole seconds, the original's min_duration), or of max_seconds or more, are dropped (counted in
+    dropped_short / dropped_long). An epoch = len() windows in a random order; item `index` (any index >= 0) is a
+    pure function of (seed, index), so N processes see what one sees. Items: dict(audio float32 (T, 1), offset,
+    total_length, artist, genre, lyrics, path)."""
 
-    Item `index` is a pure function of (seed, index): a file drawn with probability proportional to its duration
-    (a uniform point on the concatenated timeline), then a uniform crop inside it. A song shorter than
-    `sample_length` is returned whole at offset 0, zero-padded at the end. The index has no upper bound (training
-    asks for step*global_batch + rank*local_batch + j, so any number of ranks sees the same crops); `len()` is the
-    number of non-overlapping crops the data holds, one "epoch". Songs shorter than min_seconds or at least
-    max_seconds long are left out (the original's min_duration / max_duration; a prior's timing embedding only
-    covers totals in that range).
-
-    Returns dict(audio float32 tensor (sample_length, 1), offset int, total_length int (samples at sample_rate),
-    artist str, genre str, lyrics str, path str).
-    """
-
-    def __init__(self, root, sample_rate, sample_length, seed=0, min_seconds=0.0, max_seconds=math.inf,
-                 index_path=None):
-        self.root, self.sample_rate, self.sample_length, self.seed = root, sample_rate, sample_length, seed
-        files = scan_folder(root, index_path)
+    def __init__(self, root, sample_rate, sample_length, seed=0, min_seconds=None, max_seconds=math.inf,
+                 aug_shift=False, aug_blend=False):
+        files, self.window, self.seed, self._order = scan_folder(root), sample_length, seed, None
+        self.sample_rate, self.aug_shift, self.aug_blend = sample_rate, aug_shift, aug_blend
         if not files:
-            raise AudioError(f"{root}: no readable audio ({', '.join(AUDIO_EXTENSIONS)}) found; "
-                             "point at a folder of songs or make one with: python data.py --make-toy DIR")
-        files = {rel: e for rel, e in files.items() if min_seconds <= e["frames"] / e["sample_rate"] < max_seconds}
-        if not files:
-            raise AudioError(f"{root}: no song lasts between {min_seconds:g} and {max_seconds:g} s; "
-                             "add longer/shorter songs or use a model whose duration range fits them")
-        self.paths = [os.path.join(root, rel) for rel in files]
-        self.meta = [entry["meta"] for entry in files.values()]
-        self.lengths = np.array([resampled_length(e["frames"], e["sample_rate"], sample_rate) for e in files.values()])
-        self.ends = np.cumsum(self.lengths)  # (files,) end of each file on the concatenated timeline
+            raise UserError(f"{root}: no readable audio found; pass a folder of songs (or: python toy.py DIR)")
+        min_seconds = math.ceil(sample_length / sample_rate) if min_seconds is None else min_seconds  # jukebox
+        samples = {rel: resampled_length(e["frames"], e["sample_rate"], sample_rate) for rel, e in files.items()}
+        short = {rel for rel, n in samples.items() if self.units(n) < sample_length or n / sample_rate < min_seconds}
+        kept = [rel for rel, n in samples.items() if rel not in short and n / sample_rate < max_seconds]
+        self.dropped_short, self.dropped_long = len(short), len(files) - len(kept) - len(short)
+        if not kept:
+            raise UserError(f"{root}: no song lasts between {min_seconds:g} and {max_seconds:g} s and one window; "
+                            "add songs")
+        self.rels, self.meta, self.stamps = kept, [files[r]["meta"] for r in kept], [files[r]["stamp"] for r in kept]
+        self.paths = [os.path.join(root, rel) for rel in kept]
+        self.lengths = np.array([samples[rel] for rel in kept])  # (songs,) samples at the target rate
+        self.sizes = np.array([self.units(n) for n in self.lengths])  # (songs,) in window units
+        self.ends = np.cumsum(self.sizes)  # (songs,) end of each song on the concatenated timeline
+
+    def units(self, samples):  # a song's length in window units: samples here
+        return samples
 
     def __len__(self):
-        return max(1, int(self.ends[-1]) // self.sample_length)
+        return int(self.ends[-1]) // self.window
 
-    @property
-    def hours(self):
-        """Total duration of the usable audio."""
-        return float(self.ends[-1]) / self.sample_rate / 3600
+    def locate(self, index):  # (song, start of the window in it in window units, the random stream of this index)
+        epoch, position = divmod(index, len(self))
+        if self._order is None or self._order[0] != epoch:  # one shuffle per epoch, kept while it is in use
+            self._order = epoch, np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
+        rng, half = np.random.default_rng([self.seed, index]), self.window // 2  # a stream per (seed, index)
+        start = int(self._order[1][position]) * self.window + (int(rng.integers(-half, half)) if self.aug_shift else 0)
+        song = int(np.searchsorted(self.ends, start + half, side="right"))  # the song of the window's midpoint
+        first, end = int(self.ends[song] - self.sizes[song]), int(self.ends[song])
+        if start > end - self.window:  # jukebox: over the song's end or start -> half a window back inside
+            start = max(first, start - half)
+        elif start < first:
+            start = min(end - self.window, start + half)
+        return song, start - first, rng
+
+    def labels(self, song, offset):  # what every item carries: where the window is in its song, the song's metadata
+        return dict(offset=offset, total_length=int(self.lengths[song]), path=self.paths[song], **self.meta[song])
 
     def __getitem__(self, index):
-        if index < 0:
-            raise IndexError(f"AudioDataset indices are >= 0, got {index}")
-        rng = np.random.default_rng([self.seed, index])  # an independent stream per (seed, index), any worker
-        position = rng.integers(self.ends[-1])  # a uniform sample of all the audio picks the file: weight = duration
-        file = int(np.searchsorted(self.ends, position, side="right"))
-        total = int(self.lengths[file])
-        offset = int(rng.integers(max(0, total - self.sample_length) + 1))
-        audio = load_audio(self.paths[file], self.sample_rate, offset, self.sample_length)
-        audio = np.pad(audio, (0, self.sample_length - len(audio)))  # only songs shorter than a crop are padded
-        return dict(audio=torch.from_numpy(audio)[:, None], offset=offset, total_length=total,  # (T,) -> (T, 1)
-                    path=self.paths[file], **self.meta[file])
+        song, offset, rng = self.locate(index)
+        mix = float(rng.random()) if self.aug_blend else 0.5  # jukebox: aug_blend draws the channel weight in [0, 1)
+        audio = load_audio(self.paths[song], self.sample_rate, offset, self.window, mix=mix)  # (T,)
+        return dict(audio=torch.from_numpy(audio)[:, None], **self.labels(song, offset))  # (T,) -> (T, 1)
 
 
-# ---- 3. Labels: artist and genre ids, lyric tokens, lyric window --------------------------------------------
+# ---- 3. The code cache -----------------------------------------------------------------------------------------
 
-IDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ids")
-# Label versions are PriorConfig.label_version: 2 for 5b, 5b_lyrics and the upsamplers, 3 for 1b_lyrics.
+CODES_FOLDER = ".jukebox_codes"  # default cache: <data>/.jukebox_codes/<VQ-VAE key>/<song>.<hash>.l<level>.npy
+
+
+def vqvae_key(vqvae):  # a hash of a VQ-VAE's config, weights and buffers: another VQ-VAE, another code cache
+    digest = hashlib.sha256(json.dumps(vars(vqvae.config), sort_keys=True).encode())
+    for name, tensor in sorted(vqvae.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def encode_song(vqvae, path, sample_rate, length, targets, segment=1 << 20, margin=1 << 17):
+    """Encode samples [0, length) of a song (length a multiple of the top hop) into one .npy file per level, in
+    segments (23.8 s at 44.1 kHz: memory does not grow with the song) encoded with `margin` samples (3 s) of song
+    each side. A code depends only on the audio in the encoder's reach (receptive field; ~1.0 s for the released
+    level 0), so codes whose reach stays inside segment + margins equal those of encoding the whole song at once:
+    all of them when the margin covers the reach (up to float rounding at a near-tie of two codes)."""
+    hops, device = vqvae.config.hop_lengths, next(vqvae.parameters()).device
+    segment, margin = max(1, segment // hops[-1]) * hops[-1], margin // hops[-1] * hops[-1]  # keep the stride phase
+    dtype = np.int16 if vqvae.config.codebook_size <= 2**15 else np.int32
+    outs = [np.lib.format.open_memmap(t + ".tmp", "w+", dtype, (length // h,)) for t, h in zip(targets, hops)]
+    for a in range(0, length, segment):
+        b, low, high = min(a + segment, length), max(0, a - margin), min(length, a + segment + margin)
+        audio = torch.from_numpy(load_audio(path, sample_rate, low, high - low)).to(device)  # (T,)
+        for out, codes, hop in zip(outs, vqvae.encode(audio[None, :, None]), hops):  # [(1, T / hop)] per level
+            out[a // hop:b // hop] = codes[0, (a - low) // hop:(b - low) // hop].cpu().numpy()
+    for out, target in zip(outs, targets):
+        out.flush(), os.replace(target + ".tmp", target)  # a reader sees no file or the whole one
+
+
+class CodeDataset(AudioDataset):
+    """A prior's windows: n_ctx codes of `level` from the code cache `cache`/<vqvae_key>/ (default <root>/
+    .jukebox_codes/<key>/). Songs missing from it are encoded first, each rank of torch.distributed taking every
+    world_size-th one. Windows are cut as AudioDataset cuts them, code-aligned: at a multiple of the factor f of
+    the level above, whose codes of the same window are exactly upper[start / f : (start + n_ctx) / f]. Items:
+    dict(tokens long (n_ctx,), upper long (n_ctx / f,) for upsamplers only, offset, total_length, artist, genre,
+    lyrics, path). A top prior passes its min/max duration."""
+
+    def __init__(self, root, vqvae, level, n_ctx, seed=0, min_seconds=None, max_seconds=math.inf, aug_shift=False,
+                 cache=None):
+        self.hops, rate, self.level, self.n_ctx = vqvae.config.hop_lengths, vqvae.config.sample_rate, level, n_ctx
+        self.factor = self.hops[level + 1] // self.hops[level] if level + 1 < len(self.hops) else 1
+        min_seconds = math.ceil(n_ctx * self.hops[level] / rate) if min_seconds is None else min_seconds  # jukebox
+        super().__init__(root, rate, n_ctx // self.factor, seed, min_seconds, max_seconds, aug_shift)
+        self.folder = os.path.join(cache or os.path.join(root, CODES_FOLDER), vqvae_key(vqvae))
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as e:  # e.g. a file of that name, or a read-only data folder
+            raise UserError(f"{self.folder}: cannot create the code cache ({e.strerror}); pass --codes DIR") from None
+        self.files = [self.code_files(rel, stamp) for rel, stamp in zip(self.rels, self.stamps)]
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        missing = [song for song, files in enumerate(self.files) if not all(map(os.path.exists, files))]
+        for song in missing[rank::world]:
+            length = int(self.sizes[song]) * self.hops[level] * self.factor  # samples, whole top codes
+            encode_song(vqvae, self.paths[song], rate, length, self.files[song])
+        if world > 1:
+            dist.barrier()  # every rank's share is on disk
+
+    def code_files(self, rel, stamp):  # each level's .npy of a song, named by its path and stamp: changed, re-encoded
+        digest = hashlib.sha1(json.dumps([rel, stamp]).encode()).hexdigest()[:12]
+        name = f"{os.path.splitext(os.path.basename(rel))[0]}.{digest}"
+        return [os.path.join(self.folder, f"{name}.l{level}.npy") for level in range(len(self.hops))]
+
+    def units(self, samples):  # codes of the level above in the encoded part: whole top codes (< 3 ms is left out)
+        return int(samples) // self.hops[-1] * self.hops[-1] // (self.hops[self.level] * self.factor)
+
+    def __getitem__(self, index):
+        song, start, _ = self.locate(index)  # start in units, i.e. codes of the level above
+        first = start * self.factor  # in codes of this level
+        tokens = np.load(self.files[song][self.level], mmap_mode="r")[first:first + self.n_ctx]  # (n_ctx,)
+        item = dict(tokens=torch.from_numpy(tokens.astype(np.int64)))
+        if self.level + 1 < len(self.hops):  # an upsampler: the level above's codes of the window, (n_ctx / f,)
+            upper = np.load(self.files[song][self.level + 1], mmap_mode="r")[start:start + self.window]
+            item["upper"] = torch.from_numpy(upper.astype(np.int64))
+        return dict(item, **self.labels(song, first * self.hops[self.level]))
+
+
+# ---- 4. Labels: artist and genre ids, lyric tokens -------------------------------------------------------------
+
+IDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ids")  # label versions: PriorConfig.label_version
 MAX_GENRES = {2: 5, 3: 1}  # genre ids in y (official max_bow_genre_size): v2 a bag of words, v3 one genre
 LYRIC_VOCAB = {  # id = position + 1; 0 is padding / unknown
     2: string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-+'\"()[] \t\n",  # 79 chars
@@ -299,42 +318,32 @@ LYRIC_VOCAB = {  # id = position + 1; 0 is padding / unknown
 }
 
 
-def lyric_vocab_size(version):
-    """80 for version 2, 79 for version 3 (the characters plus the padding id 0)."""
+def lyric_vocab_size(version):  # 80 for version 2, 79 for version 3 (the characters plus the padding id 0)
     return len(LYRIC_VOCAB[version]) + 1
 
 
 @functools.lru_cache(maxsize=4)
-def load_ids(kind, version):
-    """{normalised name: id} from ids/v{version}_{kind}_ids.txt, kind "artist" or "genre", version 2 or 3."""
+def load_ids(kind, version):  # {normalised name: id} from ids/v{version}_{kind}_ids.txt, kind "artist" or "genre"
     if version not in MAX_GENRES or kind not in ("artist", "genre"):
         raise ValueError(f"no id table for kind {kind!r}, version {version!r} (kinds artist/genre, versions 2/3)")
-    table = {}
     with open(os.path.join(IDS_DIR, f"v{version}_{kind}_ids.txt"), encoding="utf-8") as f:
-        for line in f:
-            name, id_ = line.strip().rsplit(";", 1)
-            table[name.lower()] = int(id_)  # jukebox: a name listed twice keeps its last id (v3 "speaker" -> 7896)
-    return table
+        pairs = [line.strip().rsplit(";", 1) for line in f]
+    return {name.lower(): int(id_) for name, id_ in pairs}  # jukebox: a name listed twice keeps its last id
 
 
 def normalize_name(name, version):
-    """The table's spelling of a name. v2: lowercase, each run of characters outside a-z0-9 becomes one '_', no
-    '_' at the ends ("Zac Brown Band" -> "zac_brown_band"); v3: lowercase only."""
-    name = name.lower()
-    if version == 3:
-        return name
-    return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+    """The table's spelling: v2 lowercase with each run outside a-z0-9 one '_', none at the ends ("Zac Brown
+    Band" -> "zac_brown_band"); v3 lowercase only."""
+    return name.lower() if version == 3 else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def closest_names(name, kind, version, n=5):
-    """Up to n table names closest to `name` (difflib ratio), best first; for warnings and --list-* searches."""
+def closest_names(name, kind, version, n=5):  # up to n table names closest to `name`, best first (difflib ratio)
     return difflib.get_close_matches(normalize_name(name, version), load_ids(kind, version), n=n, cutoff=0.5)
 
 
 @functools.lru_cache(maxsize=4096)  # warns once per name, and spares difflib's search on every training step
 def _lookup(name, kind, version):
-    table = load_ids(kind, version)
-    key = normalize_name(name, version)
+    table, key = load_ids(kind, version), normalize_name(name, version)
     if key in table:
         return table[key]
     close = closest_names(name, kind, version)
@@ -343,28 +352,21 @@ def _lookup(name, kind, version):
     return 0
 
 
-def artist_id(name, version):
-    """The artist's id in the version's table, 0 (unknown) with a warning if it is not there."""
+def artist_id(name, version):  # the artist's id in the version's table, 0 (unknown) with a warning if absent
     return _lookup(name, "artist", version)
 
 
 def genre_ids(name, version):
-    """MAX_GENRES[version] genre ids padded with -1 (the y vector's genre slots).
-
-    v2 treats a genre as a bag of words ("Country Rock" -> country, rock), v3 as one name ("country rock").
-    Unknown words map to 0 with a warning; a v2 genre of more than 5 words keeps its first 5, with a warning.
-    """
+    """MAX_GENRES[version] genre ids padded with -1. v2: a bag of words ("Country Rock" -> country, rock; the first
+    5 words, with a warning for more), v3: one name. Unknown words map to 0 with a warning."""
     words = normalize_name(name, version).split("_") if version == 2 else [name]
     if len(words) > MAX_GENRES[version]:
         words = words[:MAX_GENRES[version]]
         warnings.warn(f"genre {name!r} has more than {MAX_GENRES[version]} words; keeping {words}")
-    ids = [_lookup(word, "genre", version) for word in words]
-    return ids + [-1] * (MAX_GENRES[version] - len(ids))
+    return [_lookup(word, "genre", version) for word in words] + [-1] * (MAX_GENRES[version] - len(words))
 
 
-def song_labels(artist, genre, lyrics, version):
-    """(artist id, genre ids padded with -1, every lyric token) of one song, for label version 2 or 3.
-    `lyric_window` then picks a music window's tokens, and prior.make_y assembles the label vector y."""
+def song_labels(artist, genre, lyrics, version):  # (artist id, genre ids, all lyric tokens) for prior.window_y
     return artist_id(artist, version), genre_ids(genre, version), tokenize_lyrics(lyrics, version)
 
 
@@ -378,184 +380,20 @@ _ASCII_SPELLING = str.maketrans({
 
 
 def to_ascii(text):
-    """Approximates unidecode (which the original uses and we do not depend on): accented letters lose their
-    accents, typographic quotes and dashes become ASCII ones, and what has no ASCII spelling (e.g. CJK, Cyrillic,
-    which unidecode would transliterate) is dropped."""
+    """Approximates unidecode (the original's; not a dependency here): accents go, typographic quotes and dashes
+    become ASCII, what has no ASCII spelling (CJK, Cyrillic: unidecode would transliterate them) is dropped."""
     text = unicodedata.normalize("NFKD", text.translate(_ASCII_SPELLING))  # "é" -> "e" + combining accent
     return text.encode("ascii", "ignore").decode("ascii")
 
 
-def clean_lyrics(text, version):
-    """The original's cleaning: to ASCII, backslash -> newline, then drop every character outside the vocabulary."""
+def clean_lyrics(text, version):  # the original's cleaning: to ASCII, "\\" -> newline, only vocabulary characters
     text = to_ascii(text).replace("\\", "\n")  # jukebox: a backslash is read as a line break
-    vocab = set(LYRIC_VOCAB[version])
-    return "".join(c for c in text if c in vocab)
+    return "".join(c for c in text if c in LYRIC_VOCAB[version])
 
 
-def tokenize_lyrics(text, version):
-    """Cleaned lyrics as character ids (list of int, 1 .. lyric_vocab_size-1)."""
-    vocab = LYRIC_VOCAB[version]
-    return [vocab.index(c) + 1 for c in clean_lyrics(text, version)]
+def tokenize_lyrics(text, version):  # cleaned lyrics as character ids (list of int, 1 .. lyric_vocab_size-1)
+    return [LYRIC_VOCAB[version].index(c) + 1 for c in clean_lyrics(text, version)]
 
 
-def detokenize_lyrics(tokens, version):
-    """Character ids back to text; padding (0) becomes nothing."""
-    vocab = LYRIC_VOCAB[version]
-    return "".join(vocab[t - 1] for t in tokens if t > 0)
-
-
-def lyric_window(tokens, n_tokens, total_length, offset, duration):
-    """The n_tokens lyric ids that go with the music window [offset, offset + duration) of a song of total_length
-    samples, assuming the lyrics are spread evenly over the song (paper §3.6 "lyrics alignment").
-
-    Returns (window, indices): window[i] = tokens[indices[i]], or 0 where indices[i] == -1 (padding).
-    """
-    if len(tokens) < n_tokens:  # short lyrics: all of them, left-padded with 0
-        pad = n_tokens - len(tokens)
-        return [0] * pad + list(tokens), [-1] * pad + list(range(len(tokens)))
-    if not 0 <= offset < total_length:
-        raise ValueError(f"offset {offset} outside the song [0, {total_length})")
-    # The character at the window's centre in time, then the window around it, shifted to stay inside the lyrics:
-    # at the start of a song it is the first n_tokens, at the end the last n_tokens.
-    mid = int(len(tokens) * (offset + duration / 2.0) / total_length)  # jukebox: float, then truncated
-    first = min(max(mid - n_tokens // 2, 0), len(tokens) - n_tokens)
-    indices = list(range(first, first + n_tokens))
-    return [tokens[i] for i in indices], indices
-
-
-# ---- 4. Toy music -----------------------------------------------------------------------------------------------
-
-TOY_ARTISTS = ("The Paper Lanterns", "Mira Solen", "Velvet Ohms", "Juniper Rail", "Oskar and the Tidelines",
-               "Northbound Choir", "Lena Marlowe", "Static Orchard")  # made up: in neither table, so artist id 0
-TOY_GENRES = ("pop", "rock", "jazz", "country", "blues", "folk", "electronic", "ambient", "funk", "disco")  # v2 and v3
-TOY_WORDS = (
-    ("I", "We", "You", "They", "Tonight we", "Together we"),
-    ("follow", "remember", "carry", "chase", "hold on to", "sing about", "dream of", "wait for"),
-    ("the river", "a paper moon", "the morning light", "your old guitar", "the summer rain", "a silver train",
-     "the neon sign", "a borrowed heart"),
-    ("down in the valley", "across the city", "under open skies", "by the long road", "all night long",
-     "back home again", "when the lights go out", "till the morning comes"),
-)
-SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "dorian": (0, 2, 3, 5, 7, 9, 10)}
-PROGRESSIONS = ((0, 4, 5, 3), (0, 5, 3, 4), (0, 3, 4, 4), (5, 3, 0, 4), (0, 0, 3, 4))  # scale degrees, one per bar
-TIMBRES = {  # harmonic amplitudes (fundamental first), attack s, decay time constant s
-    "sine": ((1.0,), 0.01, 0.6), "organ": ((1.0, 0.5, 0.0, 0.25, 0.0, 0.12), 0.02, 3.0),
-    "square": ((1.0, 0.0, 0.33, 0.0, 0.2, 0.0, 0.14), 0.005, 0.5),
-    "saw": (tuple(1 / k for k in range(1, 9)), 0.01, 0.4),
-    "pluck": ((1.0, 0.6, 0.4, 0.25, 0.15, 0.1), 0.002, 0.25),
-}
-
-
-def _tone(freq, seconds, sample_rate, timbre):
-    """One note: a sum of harmonics (none above Nyquist) under an attack / exponential-decay envelope."""
-    harmonics, attack, decay = TIMBRES[timbre]
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    wave = sum(a * np.sin(2 * np.pi * k * freq * t)
-               for k, a in enumerate(harmonics, 1) if a and k * freq < sample_rate / 2)
-    envelope = np.minimum(1.0, t / attack) * np.exp(-t / decay) * np.minimum(1.0, (t[-1] - t) / 0.005 + 1e-9)
-    return wave * envelope / sum(harmonics)
-
-
-def _drum(kind, sample_rate, rng):
-    """Kick (falling sine), snare (noise and a 190 Hz body) or hi-hat (high-passed noise click)."""
-    t = np.arange(int(0.25 * sample_rate)) / sample_rate
-    if kind == "kick":
-        return np.sin(2 * np.pi * (50 * t + 60 * (1 - np.exp(-t / 0.03)) * 0.03)) * np.exp(-t / 0.12)
-    noise = rng.standard_normal(len(t))
-    if kind == "snare":
-        return (0.5 * noise + np.sin(2 * np.pi * 190 * t)) * np.exp(-t / 0.06) * 0.6
-    return np.diff(noise, prepend=0.0) * np.exp(-t / 0.015) * 0.15  # hat: first difference = crude high-pass
-
-
-def _add(track, sound, at):
-    end = min(len(track), at + len(sound))
-    if at < end:
-        track[at:end] += sound[:end - at]
-
-
-def toy_song(seed, seconds, sample_rate):
-    """A deterministic toy song: float32 (seconds*sample_rate,) audio in [-1, 1] and its metadata dict."""
-    rng = np.random.default_rng(seed)
-    genre = TOY_GENRES[rng.integers(len(TOY_GENRES))]
-    bpm = int(rng.choice((84, 96, 110, 124, 140)))
-    root = int(rng.integers(45, 57))  # midi note of the key's root, A2 .. G#3
-    scale = SCALES[rng.choice(list(SCALES))]
-    progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
-    lead, pad = rng.choice(["sine", "square", "saw", "pluck"]), rng.choice(["organ", "sine", "saw"])
-
-    def hz(degree, octave):  # scale degree (may exceed 7) in an octave relative to the root -> frequency
-        note = root + 12 * (octave + degree // 7) + scale[degree % 7]  # midi note number
-        return 440.0 * 2 ** ((note - 69) / 12)
-
-    n = int(seconds * sample_rate)
-    track, beat = np.zeros(n), 60.0 / bpm
-    n_beats = int(seconds / beat) + 1
-    degree = 7  # melody random walk, in scale degrees above the root
-    for b in range(n_beats):
-        chord = progression[(b // 4) % len(progression)]
-        at = int(b * beat * sample_rate)
-        if b % 4 == 0:  # a held triad per bar, in the pad timbre
-            for step in (0, 2, 4):
-                _add(track, 0.18 * _tone(hz(chord + step, 1), 4 * beat, sample_rate, pad), at)
-        _add(track, 0.35 * _tone(hz(chord, -1), beat, sample_rate, "pluck"), at)  # bass on every beat
-        for half in (0, 1):  # melody in eighth notes, sometimes resting
-            degree = int(np.clip(degree + rng.choice((-2, -1, -1, 0, 1, 1, 2)), 3, 13))
-            if rng.random() > 0.15:
-                _add(track, 0.3 * _tone(hz(degree, 1), beat / 2, sample_rate, lead),
-                     at + int(half * beat / 2 * sample_rate))
-        if genre != "ambient":  # drums: kick on 1 and 3 (every beat for disco/electronic), snare on 2 and 4, hats
-            if b % 2 == 0 or genre in ("disco", "electronic"):
-                _add(track, 0.6 * _drum("kick", sample_rate, rng), at)
-            if b % 2 == 1:
-                _add(track, _drum("snare", sample_rate, rng), at)
-            for half in (0, 1):
-                _add(track, _drum("hat", sample_rate, rng), at + int(half * beat / 2 * sample_rate))
-    audio = (0.8 * track / max(1e-9, np.abs(track).max())).astype(np.float32)
-
-    lines = [" ".join(rng.choice(words) for words in TOY_WORDS) for _ in range(8)]
-    meta = {"artist": TOY_ARTISTS[rng.integers(len(TOY_ARTISTS))], "genre": genre, "lyrics": "\n".join(lines) + "\n"}
-    return audio, meta
-
-
-def make_toy(folder, n=8, seconds=10.0, sample_rate=44100, seed=0):
-    """Write n toy songs as folder/toy_XXX.wav (16-bit) with toy_XXX.json sidecars; returns the wav paths."""
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i in range(n):
-        audio, meta = toy_song([seed, i], seconds, sample_rate)
-        path = os.path.join(folder, f"toy_{i:03d}.wav")
-        sf.write(path, audio, sample_rate, subtype="PCM_16")
-        with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        paths.append(path)
-    return paths
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Make toy songs, or index a folder of audio for training.")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--make-toy", metavar="DIR", help="write procedurally generated songs (wav + json) into DIR")
-    action.add_argument("--scan", metavar="DIR", help="build/refresh DIR's duration index and print a summary")
-    parser.add_argument("--n", type=int, default=8, help="number of toy songs (default 8)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each toy song in seconds (default 10)")
-    parser.add_argument("--sample-rate", type=int, default=44100, help="sample rate in Hz (default 44100)")
-    parser.add_argument("--seed", type=int, default=0, help="toy songs are a pure function of this seed (default 0)")
-    args = parser.parse_args(argv)
-    print(f"config: {vars(args)}")
-    if args.n < 1 or args.seconds <= 0 or args.sample_rate < 1000 or args.seed < 0:
-        parser.error("need --n >= 1, --seconds > 0, --sample-rate >= 1000 and --seed >= 0")
-    try:
-        if args.make_toy:
-            paths = make_toy(args.make_toy, args.n, args.seconds, args.sample_rate, args.seed)
-            print(f"wrote {len(paths)} toy songs of {args.seconds:g} s at {args.sample_rate} Hz to {args.make_toy}")
-        else:
-            data = AudioDataset(args.scan, args.sample_rate, args.sample_rate)
-            print(f"{args.scan}: {len(data.paths)} usable files, {data.hours:.2f} hours at {args.sample_rate} Hz")
-    except AudioError as e:
-        parser.exit(2, f"data.py: error: {e}\n")
-    except OSError as e:  # cannot create the folder or write a file in it
-        parser.exit(2, f"data.py: error: {e.filename or args.make_toy}: {e.strerror}; pick a writable folder\n")
-
-
-if __name__ == "__main__":
-    main()
+def detokenize_lyrics(tokens, version):  # character ids back to text; padding (0) becomes nothing
+    return "".join(LYRIC_VOCAB[version][t - 1] for t in tokens if t > 0)

@@ -1,13 +1,16 @@
-"""data.py labels side: artist/genre ids (v2, v3), the lyric tokenizer and the lyric window (FACTS §3.6, §8)."""
+"""Labels: artist/genre ids (v2, v3), the lyric tokenizer (data.py) and the lyric window (prior.py)."""
 import warnings
 
 import pytest
 
 import data
+import toy
+import prior
+from prior import lyric_window
 
 
 def test_official_cross_check_values():
-    """FACTS §8 (HF slow test, 1b_lyrics): "Zac Brown Band" / "Country" / " and " give 7169, 507, 76 27 40 30 76."""
+    """The HF port's slow 1b_lyrics test: "Zac Brown Band" / "Country" / " and " give 7169, 507, 76 27 40 30 76."""
     assert data.artist_id("Zac Brown Band", 3) == 7169
     assert data.genre_ids("Country", 3) == [507]
     assert data.tokenize_lyrics(" and ", 3) == [76, 27, 40, 30, 76]
@@ -50,7 +53,7 @@ def test_known_names_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.artist_id("Alan Jackson", 2), data.artist_id("alan jackson", 3), data.genre_ids("pop", 3)
-        for genre in data.TOY_GENRES:  # the toy songs' genres exist in both tables
+        for genre in toy.TOY_GENRES:  # the toy songs' genres exist in both tables
             data.genre_ids(genre, 2), data.genre_ids(genre, 3)
 
 
@@ -65,21 +68,21 @@ def test_lyrics_cleaning_to_ascii():
 
 def test_lyric_window_start_middle_end():
     tokens = list(range(1, 101))  # 100 characters spread over a song of 1000 samples; windows of 10 tokens
-    window, indices = data.lyric_window(tokens, 10, total_length=1000, offset=0, duration=100)
+    window, indices = lyric_window(tokens, 10, total_length=1000, offset=0, duration=100)
     assert indices == list(range(0, 10)) and window == tokens[0:10]  # start: clamped to the first characters
-    window, indices = data.lyric_window(tokens, 10, total_length=1000, offset=450, duration=100)
+    window, indices = lyric_window(tokens, 10, total_length=1000, offset=450, duration=100)
     assert indices == list(range(45, 55)) and window == tokens[45:55]  # middle: centred on character 50
-    window, indices = data.lyric_window(tokens, 10, total_length=1000, offset=900, duration=100)
+    window, indices = lyric_window(tokens, 10, total_length=1000, offset=900, duration=100)
     assert indices == list(range(90, 100)) and window == tokens[90:100]  # end: clamped to the last characters
-    window, indices = data.lyric_window(tokens, 10, total_length=1000, offset=300, duration=100)
+    window, indices = lyric_window(tokens, 10, total_length=1000, offset=300, duration=100)
     assert indices[0] == 30  # centre int(100 * 350 / 1000) = 35
 
 
 def test_lyric_window_pads_short_lyrics_on_the_left():
-    window, indices = data.lyric_window([5, 6, 7], 6, total_length=1000, offset=500, duration=100)
+    window, indices = lyric_window([5, 6, 7], 6, total_length=1000, offset=500, duration=100)
     assert window == [0, 0, 0, 5, 6, 7] and indices == [-1, -1, -1, 0, 1, 2]
     with pytest.raises(ValueError, match="offset"):
-        data.lyric_window(list(range(20)), 6, total_length=1000, offset=1000, duration=100)
+        lyric_window(list(range(20)), 6, total_length=1000, offset=1000, duration=100)
 
 
 OZYMANDIAS = """I met a traveller from an antique land,
@@ -100,18 +103,20 @@ OZYMANDIAS = """I met a traveller from an antique land,
 
 
 def test_hf_expected_y_cond_end_to_end():
-    """FACTS §8: HF's 1b_lyrics test feeds this poem, "Zac Brown Band", "Country", a 1058304-sample song and the
+    """HF's 1b_lyrics test feeds this poem, "Zac Brown Band", "Country", a 1058304-sample song and the
     first 786432-sample window, and gets y[:10] = [1058304, 0, 786432, 7169, 507, 76, 27, 40, 30, 76]."""
     artist, genres, tokens = data.song_labels("Zac Brown Band", "Country", OZYMANDIAS, 3)
-    window, indices = data.lyric_window(tokens, 384, total_length=1058304, offset=0, duration=786432)
+    window, indices = lyric_window(tokens, 384, total_length=1058304, offset=0, duration=786432)
     y = [1058304, 0, 786432, artist, *genres, *window]
     assert y[:10] == [1058304, 0, 786432, 7169, 507, 76, 27, 40, 30, 76] and len(y) == 389
     assert data.detokenize_lyrics(window, 3).startswith(" and trunkless legs of stone")
+    y_cond = prior.window_y(prior.preset("1b_lyrics"), artist, genres, 1058304, 0, tokens)  # the one y builder
+    assert y_cond.tolist() == y
 
 
 def test_lyric_window_of_the_released_1b_lyrics_shape():
-    """384 tokens over a 1b_lyrics window of 786432 samples in a 1058304-sample song (the FACTS §8 example)."""
+    """384 tokens over a 1b_lyrics window of 786432 samples in a 1058304-sample song (the HF test's example)."""
     tokens = data.tokenize_lyrics(" and " * 200, 3)  # 1000 characters
-    window, indices = data.lyric_window(tokens, 384, total_length=1058304, offset=0, duration=786432)
+    window, indices = lyric_window(tokens, 384, total_length=1058304, offset=0, duration=786432)
     assert len(window) == 384 and indices[0] == 179  # centre int(1000 * 393216 / 1058304) = 371, minus 192
     assert window[:5] == [76, 76, 27, 40, 30] and window == tokens[179:563]
