@@ -1,13 +1,18 @@
-"""official.py: safe reading of the original's checkpoint files, the released hparam tables, key mapping."""
-import os
-import subprocess
+"""official.py: safe reading of the original's checkpoint files, the released hparam tables and attention
+patterns, key mapping, loading (float32 and half-precision blocks)."""
 import builtins
 import collections
+import os
+import re
+import subprocess
+import sys
+import types
 
 import pytest
 import torch
 
 import official
+from data import UserError
 
 FORMATS = ["zip", "legacy"]  # torch >= 1.6 default, and the torch 1.4 format of the released files
 
@@ -53,18 +58,33 @@ class CallsUnknownFunction:
         return (touch, (self.marker,))
 
 
-# ---- a foreign class like the original's hyperparameter object ---------------------------------------------
+class UnknownDict(dict):  # a class the loader does not know, even a harmless one, is refused
+    pass
+
+
+# ---- the original's hyperparameter object (jukebox.hparams.Hyperparams) ---------------------------------------
 SETSTATE_CALLS = []
 
 
-class Hyperparams(dict):  # same shape as the original's: a dict whose attributes are its items
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.__dict__ = self
+class Hyperparams(dict):  # the original's: a dict whose attributes are its items
+    def __getattr__(self, attr):
+        return self[attr]
+
+    def __setattr__(self, attr, value):
+        self[attr] = value
 
     def __setstate__(self, state):  # would record a call if the loader used the real class
         SETSTATE_CALLS.append(state)
-        self.__dict__ = self
+
+
+@pytest.fixture
+def original_hparams_module(monkeypatch):
+    """Make Hyperparams picklable under the original's name, jukebox.hparams.Hyperparams."""
+    module = types.ModuleType("jukebox.hparams")
+    module.Hyperparams = Hyperparams
+    monkeypatch.setattr(Hyperparams, "__module__", "jukebox.hparams")
+    monkeypatch.setitem(sys.modules, "jukebox", types.ModuleType("jukebox"))
+    monkeypatch.setitem(sys.modules, "jukebox.hparams", module)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -73,36 +93,43 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, fmt, payload):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth.tar"
     save({"hps": payload(str(marker)), "model": {"w": torch.ones(2)}}, path, fmt)
-    with pytest.raises(official.CheckpointError, match="refusing to load") as err:
+    with pytest.raises(UserError, match="refusing to load") as err:
         official.read_checkpoint(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_unknown_callable_becomes_inert_placeholder(tmp_path, fmt):
+def test_unknown_callable_or_class_is_refused_and_never_runs(tmp_path, fmt):
     marker = tmp_path / "called"
     path = tmp_path / "odd.pth.tar"
     save({"extra": CallsUnknownFunction(str(marker)), "model": {"w": torch.arange(3.0)}}, path, fmt)
-    ck = official.read_checkpoint(path)
+    with pytest.raises(UserError, match=r"refusing to load: it asks for \S*touch") as err:
+        official.read_checkpoint(path)
     assert not marker.exists()
-    assert isinstance(ck["extra"], official.ForeignObject) and ck["extra"].args == (str(marker),)
-    assert torch.equal(ck["model"]["w"], torch.arange(3.0))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    save({"hps": UnknownDict(l_bins=2048), "model": {"w": torch.arange(3.0)}}, path, fmt)
+    with pytest.raises(UserError, match=r"refusing to load: it asks for \S*UnknownDict"):
+        official.read_checkpoint(path)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_foreign_hparams_class_loads_without_running_it(tmp_path, fmt):
+def test_original_hparams_class_reads_as_a_plain_dict(tmp_path, fmt, original_hparams_module):
     path = tmp_path / "ok.pth.tar"
     sd = collections.OrderedDict(a=torch.randn(3, 4), b=torch.randn(5).half())
-    save({"hps": Hyperparams(l_bins=2048, downs_t=(3, 2, 2), name="x"), "model": sd, "step": 7}, path, fmt)
+    hps = Hyperparams(l_bins=2048, downs_t=(3, 2, 2), name="x", genres={"pop", "jazz"})
+    assert hps.l_bins == 2048
+    save({"hps": hps, "model": sd, "step": 7, "opt": None, "device": torch.device("cpu"), "dtype": torch.float16,
+          "size": torch.Size([2, 3]), "scalars": [1, 2.5, True, None, "s", b"b", complex(1, 2)]}, path, fmt)
     SETSTATE_CALLS.clear()
     ck = official.read_checkpoint(path)
     assert SETSTATE_CALLS == []
     hps = ck["hps"]
-    assert isinstance(hps, official.ForeignObject) and not isinstance(hps, Hyperparams)
-    assert hps.foreign_name == "Hyperparams" and hps["l_bins"] == 2048 and hps["downs_t"] == (3, 2, 2)
-    assert ck["step"] == 7 and list(ck["model"]) == ["a", "b"]
+    assert type(hps) is dict and hps == {"l_bins": 2048, "downs_t": (3, 2, 2), "name": "x", "genres": {"pop", "jazz"}}
+    assert ck["step"] == 7 and list(ck["model"]) == ["a", "b"] and type(ck["model"]) is collections.OrderedDict
     assert all(torch.equal(ck["model"][k], sd[k]) and ck["model"][k].dtype == sd[k].dtype for k in sd)
+    assert (ck["device"], ck["dtype"], ck["size"]) == (torch.device("cpu"), torch.float16, torch.Size([2, 3]))
+    assert ck["scalars"] == [1, 2.5, True, None, "s", b"b", complex(1, 2)]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -111,26 +138,28 @@ def test_truncated_file_gives_one_line_error(tmp_path, fmt):
     save({"hps": {"l_bins": 2048}, "model": {"w": torch.randn(64, 64)}}, path, fmt)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(official.CheckpointError, match="not a readable checkpoint") as err:
+    with pytest.raises(UserError, match="not a readable checkpoint") as err:
         official.read_checkpoint(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
 def test_missing_and_garbage_files(tmp_path):
-    with pytest.raises(official.CheckpointError, match="cannot open"):
+    with pytest.raises(UserError, match="cannot open"):
         official.read_checkpoint(tmp_path / "nope.pth.tar")
+    with pytest.raises(UserError, match="cannot open"):
+        official.read_checkpoint(tmp_path)  # a folder
     junk = tmp_path / "junk.pth.tar"
     junk.write_bytes(b"this is not a checkpoint at all" * 10)
-    with pytest.raises(official.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="not a readable checkpoint"):
         official.read_checkpoint(junk)
 
 
 # ---- released hyperparameters and the key tables of the six released files --------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A copy of ../shared/jukebox/state_dict_keys.tsv: the keys and shapes of the six released files, listed from
-# the original classes built with the released hyperparameters (see the header of the file).
+# The keys and shapes of the six released files, listed from the original classes built with the released
+# hyperparameters (see the header of the file).
 KEYS_TSV = os.path.join(ROOT, "tests", "data", "official_state_dict_keys.tsv")
-RELEASED_FILES = {  # section title in state_dict_keys.tsv -> our name, unique parameter count (FACTS §6.1)
+RELEASED_FILES = {  # section title in the table -> our name, unique parameter count of the released file
     "5b/vqvae.pth.tar": ("vqvae", 1_878_979),
     "5b/prior_level_0.pth.tar (upsampler_level_0)": ("upsampler_level_0", 981_298_176),
     "5b/prior_level_1.pth.tar (upsampler_level_1)": ("upsampler_level_1", 981_298_176),
@@ -159,11 +188,33 @@ def test_released_hparams_give_our_presets():
     assert official.vqvae_config("vqvae") == vqvae.preset("jukebox")
     for name in prior.RELEASED:
         assert official.prior_config(name) == prior.preset(name), name
+        assert official.prior_config(name).attention == prior.preset(name).attention, name
     assert official.prior_config("prior_1b_lyrics") == prior.preset("1b_lyrics")
-    with pytest.raises(official.CheckpointError, match="unknown official model"):
-        official.official_hparams("6b")
-    with pytest.raises(official.CheckpointError, match="unsupported official hyperparameters m_mlp=4.0"):
+    with pytest.raises(UserError, match="unknown official model"):
+        official.prior_config("6b")
+    with pytest.raises(UserError, match="unsupported official hyperparameters m_mlp=4.0"):
         official.prior_config({**official.HPARAMS["5b"], "m_mlp": 4.0})
+    with pytest.raises(UserError, match="unsupported official hyperparameters attn_order=3"):
+        official.prior_config({**official.HPARAMS["5b"], "attn_order": 3})  # a "summary" pattern
+    with pytest.raises(UserError, match="unsupported official hyperparameters loss_fn='l1'"):
+        official.vqvae_config({**official.HPARAMS["vqvae"], "loss_fn": "l1"})
+
+
+def test_released_layer_patterns():
+    layer_kinds = official.layer_kinds
+    upsampler = layer_kinds(2, 72)  # also 5b (72 layers) and the 5b_lyrics lyric encoder (18 layers)
+    assert upsampler == ("row", "column", "prev_row") * 24
+    lyrics_5b = layer_kinds(10, 79)
+    cross_at = [18, 28, 38, 48, 58, 68, 78]
+    assert [d for d, k in enumerate(lyrics_5b) if k == "cross"] == cross_at
+    assert lyrics_5b[:18] == ("row", "column", "prev_row") * 6
+    assert lyrics_5b[19:28] == ("row", "column", "prev_row") * 3 and lyrics_5b[68] == "cross"  # alignment layer
+    lyrics_1b = layer_kinds(12, 72)
+    assert [d for d, k in enumerate(lyrics_1b) if k == "prime"] == [15, 31, 63]
+    assert [d for d, k in enumerate(lyrics_1b) if k == "dense"] == [47]
+    assert all(k == ("row", "column", "prev_row")[d % 3] for d, k in enumerate(lyrics_1b) if d % 16 != 15)
+    assert lyrics_1b[63] == "prime"  # alignment layer
+    assert set(official.ATTN_ORDER) == {0, 1, 2, 6, 7, 8, 9, 10, 11, 12}  # 3, 4, 5: "summary" kinds, not implemented
 
 
 def test_every_released_key_maps_once_onto_our_full_size_models():
@@ -172,7 +223,7 @@ def test_every_released_key_maps_once_onto_our_full_size_models():
     tables = released_key_tables()
     assert set(tables) == set(RELEASED_FILES)
     for section, (name, n_params) in RELEASED_FILES.items():
-        official_keys = dict(tables[section])
+        official_keys = {key: torch.empty(shape, device="meta") for key, shape in tables[section]}
         assert len(official_keys) == len(tables[section])  # no key listed twice
         with torch.device("meta"):
             if name == "vqvae":
@@ -225,7 +276,6 @@ TO_OFFICIAL_PRIOR = (
 
 
 def to_official(model, table, extra=()):
-    import re
     out = collections.OrderedDict()
     for key, value in model.state_dict().items():
         for pattern, repl in table:
@@ -262,8 +312,8 @@ def randomize(model, seed=0):
         p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
-def official_file(path, model_sd, hps, fmt):
-    save({"hps": Hyperparams(**hps), "model": model_sd, "opt": None, "step": 3}, path, fmt)
+def official_file(path, model_sd, hps, fmt):  # the original saved its hps as a plain dict
+    save({"hps": dict(hps), "model": model_sd, "opt": None, "step": 3}, path, fmt)
 
 
 def inputs(config, seed=0):
@@ -278,8 +328,9 @@ def inputs(config, seed=0):
 
 
 @pytest.mark.parametrize("name,fmt", [("upsampler", "legacy"), ("5b_lyrics-like", "zip"), ("1b_lyrics-like", "legacy")])
-def test_official_prior_file_round_trip(tmp_path, name, fmt):
+def test_official_prior_file_round_trip(tmp_path, monkeypatch, name, fmt):
     import prior
+    monkeypatch.setitem(official.HPARAMS, "vqvae", TINY_VQVAE)  # the VQ-VAE these priors pair with
     hp = TINY_PRIORS[name]
     config = official.prior_config(hp, TINY_VQVAE)
     assert config.codebook_size == 256 and config.hop_lengths == (8, 32, 128)  # from the VQ-VAE, not hps
@@ -294,7 +345,7 @@ def test_official_prior_file_round_trip(tmp_path, name, fmt):
                     p.copy_(p.half().float())
     path = tmp_path / "prior_level_2.pth.tar"
     official_file(path, sd, hp, fmt)
-    loaded = official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
+    loaded = official.load_prior(path, hp)
     assert loaded.config == config and not loaded.training
     ours = model.state_dict()
     assert loaded.state_dict().keys() == ours.keys()
@@ -305,8 +356,20 @@ def test_official_prior_file_round_trip(tmp_path, name, fmt):
     want = official.forward(model, tokens, y, upper)
     assert want.shape == (2, config.seq_len, config.vocab_size)
     assert torch.equal(official.forward(loaded, tokens, y, upper), want)
-    half = official.load_prior(path, hp, dtype=torch.bfloat16, vqvae_hparams=TINY_VQVAE)
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    # half precision as the original's fp16_params: only the Conv1D weights inside transformer blocks
+    in_blocks = {k for k in ours if re.match(r"^(lyric_encoder\.)?transformer\.blocks\.\d+\..*\.w$", k)}
+    assert in_blocks and (config.lyrics != "encoder" or any(k.startswith("lyric_encoder") for k in in_blocks))
+    for dtype in (torch.bfloat16, torch.float16):
+        half = official.load_prior(path, hp, dtype=dtype)
+        reference = official.load_prior(path, hp).half_blocks(dtype).state_dict()
+        assert half.state_dict().keys() == reference.keys() and not half.training
+        for k, v in half.state_dict().items():
+            assert v.dtype == reference[k].dtype == (dtype if k in in_blocks else torch.float32), k
+            assert torch.equal(v, reference[k]), k
+        if not config.merged_decoder:
+            assert half.transformer.lm_head.weight is half.transformer.token_embedding.weight
+        logits = official.forward(half, tokens, y, upper)
+        assert logits.shape == want.shape and torch.isfinite(logits).all()
 
 
 def test_official_vqvae_file_round_trip(tmp_path):
@@ -333,8 +396,9 @@ def test_official_vqvae_file_round_trip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.encode(audio), model.encode(audio)))
 
 
-def test_file_that_does_not_fit_is_refused_with_the_keys(tmp_path):
+def test_file_that_does_not_fit_is_refused_with_the_keys(tmp_path, monkeypatch):
     import prior
+    monkeypatch.setitem(official.HPARAMS, "vqvae", TINY_VQVAE)
     hp = TINY_PRIORS["upsampler"]
     model = prior.Prior(official.prior_config(hp, TINY_VQVAE))
     sd = to_official(model, TO_OFFICIAL_PRIOR)
@@ -342,8 +406,8 @@ def test_file_that_does_not_fit_is_refused_with_the_keys(tmp_path):
 
     def refused(state, *expected):
         official_file(path, state, hp, "zip")
-        with pytest.raises(official.CheckpointError) as err:
-            official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
+        with pytest.raises(UserError) as err:
+            official.load_prior(path, hp)
         assert "\n" not in str(err.value) and str(path) in str(err.value)
         for text in expected:
             assert text in str(err.value)
@@ -352,15 +416,15 @@ def test_file_that_does_not_fit_is_refused_with_the_keys(tmp_path):
     refused({**sd, "prior.extra.w": torch.zeros(1)}, "1 unexpected", "prior.extra.w")
     refused({**sd, "conditioner_blocks.0.ln.bias": torch.zeros(7)}, "1 wrong shape", "conditioner_blocks.0.ln.bias (7,)")
     other = prior.Prior(official.prior_config(TINY_PRIORS["5b_lyrics-like"], TINY_VQVAE))  # the wrong model
-    with pytest.raises(official.CheckpointError, match="missing.*unexpected"):
+    with pytest.raises(UserError, match="missing.*unexpected"):
         official.map_state_dict(sd, other.state_dict(), official.prior_key, (), "upsampler file")
     save({"hps": {}, "weights": sd}, path, "zip")
-    with pytest.raises(official.CheckpointError, match="no 'model' state dict"):
-        official.load_prior(path, hp, vqvae_hparams=TINY_VQVAE)
+    with pytest.raises(UserError, match="no 'model' state dict"):
+        official.load_prior(path, hp)
 
 
 def test_release_files_follow_the_download_layout(tmp_path):
-    with pytest.raises(official.CheckpointError, match="5b/vqvae.pth.tar: missing; download https://"):
+    with pytest.raises(UserError, match="5b/vqvae.pth.tar: missing; download https://"):
         official.release_files(tmp_path, "1b_lyrics")
     for relative in ("5b/vqvae.pth.tar", "5b/prior_level_0.pth.tar", "5b/prior_level_1.pth.tar",
                      "1b_lyrics/prior_level_2.pth.tar"):
@@ -369,7 +433,7 @@ def test_release_files_follow_the_download_layout(tmp_path):
     files = official.release_files(tmp_path, "1b_lyrics")
     assert files[2] == (str(tmp_path / "1b_lyrics/prior_level_2.pth.tar"), "1b_lyrics")
     assert [files[k][1] for k in ("vqvae", 0, 1)] == ["vqvae", "upsampler_level_0", "upsampler_level_1"]
-    with pytest.raises(official.CheckpointError, match="5b_lyrics/prior_level_2.pth.tar: missing"):
+    with pytest.raises(UserError, match="5b_lyrics/prior_level_2.pth.tar: missing"):
         official.release_files(tmp_path, "5b_lyrics")
-    with pytest.raises(official.CheckpointError, match="unknown released model"):
+    with pytest.raises(UserError, match="unknown released model"):
         official.release_files(tmp_path, "7b")
