@@ -197,13 +197,10 @@ PRIOR_RENAMES = (
     (r"^y_emb\.absolute_pos_emb\.emb\.", "labels.absolute_position_embedding."),
     (r"^y_emb\.relative_pos_emb\.emb\.", "labels.relative_position_embedding."),
     (r"^conditioner_blocks\.0\.x_emb\.", "conditioner.token_embedding."),
-    (r"^conditioner_blocks\.0\.cond\.model\.0\.", "conditioner.convs.0."),
-    # jukebox: its residual stacks are `.blocks.`, not `.model.`: checkpoint_res=1 made them ModuleLists
-    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.1\.",
-     r"conditioner.convs.\1.resnet.\2.conv_dilated."),
-    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.3\.",
-     r"conditioner.convs.\1.resnet.\2.conv_1x1."),
-    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.1\.", r"conditioner.convs.\1.upsample."),
+    # jukebox: the Conditioner's residual stacks are `.blocks.`, not `.model.`: checkpoint_res=1 made them ModuleLists
+    (r"^conditioner_blocks\.0\.cond\.model\.(\d+)\.0\.blocks\.(\d+)\.model\.",
+     r"conditioner.decoder.layers.\1.0.layers.\2.layers."),
+    (r"^conditioner_blocks\.0\.cond\.model\.", "conditioner.decoder.layers."),
     (r"^conditioner_blocks\.0\.ln\.", "conditioner.norm."))
 
 

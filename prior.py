@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from attention import Attention, Conv1D
+from vqvae import DecoderBlock
 
 FACTORIZED = ("row", "column", "prev_row")  # the Sparse Transformer's cycle (official attn_order 2)
 
@@ -332,55 +333,30 @@ class Transformer(nn.Module):
 
 
 # ---- conditioning: the codes of the level above (upsamplers) ------------------------------------------
-class ResBlock(nn.Module):
-    """x + res_scale * conv_1x1(relu(conv_dilated(relu(x)))), on (B, C, T)."""
-
-    def __init__(self, channels, dilation, res_scale):
-        super().__init__()
-        self.conv_dilated = nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation)
-        self.conv_1x1 = nn.Conv1d(channels, channels, 1)
-        self.res_scale = res_scale
-
-    def forward(self, x):
-        return x + self.res_scale * self.conv_1x1(F.relu(self.conv_dilated(F.relu(x))))
-
-
-class UpsampleStep(nn.Module):
-    """A dilated residual stack then a x2 transposed conv, on (B, C, T) -> (B, C_out, 2T)."""
-
-    def __init__(self, channels, out_channels, config, res_scale):
-        super().__init__()
-        c = config
-        # jukebox: dilations 1, 3, 9, ... restart every cycle, in increasing order (no reverse_dilation here)
-        self.resnet = nn.Sequential(*(ResBlock(channels, c.cond_dilation_growth ** (d % c.cond_dilation_cycle), res_scale)
-                                      for d in range(c.cond_depth)))
-        self.upsample = nn.ConvTranspose1d(channels, out_channels, 4, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.upsample(self.resnet(x))
-
-
 class Conditioner(nn.Module):
-    """Embeds the upper level's codes and upsamples them to this level's rate: (B, T/4) -> (B, T, W)."""
+    """Embeds the upper level's codes and upsamples them to this level's rate: (B, T/4) -> (B, T, W).
+
+    The upsampling is the VQ-VAE's decoder block (as in the original) on the prior's width: a conv to
+    cond_width channels, then per x2 step a dilated residual stack and a transposed conv, the last back to W.
+    """
 
     def __init__(self, config):
         super().__init__()
         c = config
         steps = int(math.log2(c.upsample_factor))
         assert 2 ** steps == c.upsample_factor, "the Conditioner upsamples by powers of 2"
-        # jukebox: residual scale 1 at level 0 but 1/sqrt(depth) at level 1 (cond_res_scale); not in checkpoints
-        res_scale = 1.0 / math.sqrt(c.cond_depth) if c.cond_res_scale else 1.0
         self.token_embedding = nn.Embedding(c.codebook_size, c.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02 * c.init_scale)
-        self.convs = nn.Sequential(
-            nn.Conv1d(c.width, c.cond_width, 3, padding=1),
-            *(UpsampleStep(c.cond_width, c.width if i == steps - 1 else c.cond_width, c, res_scale) for i in range(steps)))
+        # jukebox: dilations 1, 3, 9, ... restart every cycle in increasing order (no reverse_dilation here), and
+        # the residual scale is 1 at level 0 but 1/sqrt(depth) at level 1 (cond_res_scale; not in checkpoints)
+        res_scale = 1.0 / math.sqrt(c.cond_depth) if c.cond_res_scale else 1.0
+        self.decoder = DecoderBlock(c.width, steps, 2, c.cond_width, c.cond_depth, c.cond_dilation_growth,
+                                    reverse_dilation=False, dilation_cycle=c.cond_dilation_cycle, res_scale=res_scale)
         self.norm = LayerNorm(c.width)
 
     def forward(self, upper):
         h = self.token_embedding(upper).transpose(1, 2)  # (B, T/4) -> (B, T/4, W) -> (B, W, T/4)
-        h = self.convs(h).transpose(1, 2)                 # (B, W, T) -> (B, T, W)
-        return self.norm(h)
+        return self.norm(self.decoder(h).transpose(1, 2))  # (B, W, T) -> (B, T, W)
 
 
 # ---- conditioning: artist, genre and timing labels ----------------------------------------------------

@@ -104,13 +104,14 @@ def preset(name):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation dilated residual block, no normalisation: x + conv1x1(relu(conv3_dilated(relu(x)))).
+    """Pre-activation dilated residual block, no normalisation: x + res_scale * conv1x1(relu(conv3_dilated(relu(x)))).
 
     Official ResConv1DBlock; the weights sit at indices 1 and 3 (`model.1`, `model.3`).
     """
 
-    def __init__(self, width, dilation):
+    def __init__(self, width, dilation, res_scale=1.0):
         super().__init__()
+        self.res_scale = res_scale
         self.layers = nn.Sequential(
             nn.ReLU(),
             nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation),  # keeps T
@@ -119,19 +120,20 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x):  # (B, C, T) -> (B, C, T)
-        return x + self.layers(x)
+        return x + self.res_scale * self.layers(x)
 
 
 class ResidualStack(nn.Module):
-    """`depth` residual blocks with dilations 1, g, g^2, ... (official Resnet1D)."""
+    """`depth` residual blocks with dilations 1, g, g^2, ..., restarting every `dilation_cycle` blocks if given
+    (official Resnet1D)."""
 
-    def __init__(self, width, depth, dilation_growth, reverse_dilation=False):
+    def __init__(self, width, depth, dilation_growth, reverse_dilation=False, dilation_cycle=None, res_scale=1.0):
         super().__init__()
-        dilations = [dilation_growth**d for d in range(depth)]
+        dilations = [dilation_growth ** (d % (dilation_cycle or depth)) for d in range(depth)]
         if reverse_dilation:
             # jukebox: the decoder's stacks list their blocks in reverse, so block 0 has the largest dilation.
             dilations = dilations[::-1]
-        self.layers = nn.Sequential(*[ResidualBlock(width, d) for d in dilations])
+        self.layers = nn.Sequential(*[ResidualBlock(width, d, res_scale) for d in dilations])
 
     def forward(self, x):  # (B, C, T) -> (B, C, T)
         return self.layers(x)
@@ -162,15 +164,17 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """A conv from the D code channels, then `downs` x [residual stack, transposed conv (T -> T*stride)].
 
-    Official DecoderConvBock; the last upsampling step returns to the D channels of the latents.
+    Official DecoderConvBock; the last upsampling step returns to the D channels of the latents. The priors'
+    Conditioner is one too, on its own channels (the prior width), with a dilation cycle and residual scale.
     """
 
-    def __init__(self, channels, downs, stride, width, depth, dilation_growth, reverse_dilation):
+    def __init__(self, channels, downs, stride, width, depth, dilation_growth, reverse_dilation, dilation_cycle=None,
+                 res_scale=1.0):
         super().__init__()
         layers = [nn.Conv1d(channels, width, 3, padding=1)]
         for step in range(downs):
             layers.append(nn.Sequential(
-                ResidualStack(width, depth, dilation_growth, reverse_dilation),
+                ResidualStack(width, depth, dilation_growth, reverse_dilation, dilation_cycle, res_scale),
                 nn.ConvTranspose1d(width, channels if step == downs - 1 else width, 2 * stride, stride, stride // 2),
             ))
         self.layers = nn.Sequential(*layers)

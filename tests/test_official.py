@@ -267,10 +267,8 @@ TO_OFFICIAL_PRIOR = (
     (r"^labels\.absolute_position_embedding\.", "y_emb.absolute_pos_emb.emb."),
     (r"^labels\.relative_position_embedding\.", "y_emb.relative_pos_emb.emb."),
     (r"^conditioner\.token_embedding\.", "conditioner_blocks.0.x_emb."),
-    (r"^conditioner\.convs\.0\.", "conditioner_blocks.0.cond.model.0."),
-    (r"^conditioner\.convs\.(\d+)\.resnet\.(\d+)\.conv_dilated\.", r"conditioner_blocks.0.cond.model.\1.0.blocks.\2.model.1."),
-    (r"^conditioner\.convs\.(\d+)\.resnet\.(\d+)\.conv_1x1\.", r"conditioner_blocks.0.cond.model.\1.0.blocks.\2.model.3."),
-    (r"^conditioner\.convs\.(\d+)\.upsample\.", r"conditioner_blocks.0.cond.model.\1.1."),
+    (r"^conditioner\.decoder\.layers\.(\d+)\.0\.layers\.(\d+)\.layers\.", r"conditioner_blocks.0.cond.model.\1.0.blocks.\2.model."),
+    (r"^conditioner\.decoder\.layers\.", "conditioner_blocks.0.cond.model."),
     (r"^conditioner\.norm\.", "conditioner_blocks.0.ln."),
 )
 

@@ -75,9 +75,9 @@ def test_released_layer_patterns_and_conditioner():
     assert lyrics_1b.transformer.blocks[15].attn.prime_window == 448  # jukebox: not 384
     assert set(kinds(meta_prior("5b"))[:3]) == {"row", "column", "prev_row"}
     for name, res_scale in (("upsampler_level_0", 1.0), ("upsampler_level_1", 0.25)):
-        step = meta_prior(name).conditioner.convs[1]
-        assert [block.conv_dilated.dilation[0] for block in step.resnet] == [3 ** (d % 8) for d in range(16)]
-        assert {block.res_scale for block in step.resnet} == {res_scale}
+        resnet = meta_prior(name).conditioner.decoder.layers[1][0].layers  # the first x2 step's residual stack
+        assert [block.layers[1].dilation[0] for block in resnet] == [3 ** (d % 8) for d in range(16)]
+        assert {block.res_scale for block in resnet} == {res_scale}
 
 
 # ---- cache sampling == teacher forcing ----------------------------------------------------------------
