@@ -1,32 +1,25 @@
 """Train every stage of Jukebox -- the VQ-VAE and the three priors -- on one CPU, one GPU or many, with torchrun.
 
 Paper: arXiv:2005.00341 §3 (the VQ-VAE and its losses), §4 (priors and upsamplers), Appendix B (training details).
-Defaults follow the original's hparams.py (VQ-VAE losses and optimiser, priors).
+Defaults follow the original's hparams.py; RECIPE holds what its released models changed (beta2 0.925 for 5b).
 
     python train.py --stage vqvae --data DIR ...                       # one process (CPU or one GPU)
-    torchrun --standalone --nproc_per_node=8 train.py --stage top ...  # one process per GPU, DDP
+    torchrun --standalone --nproc_per_node=8 train.py --stage top ...  # a process per GPU: DDP, or --fsdp
 
-Stages: `vqvae` trains the 3-level VQ-VAE on raw audio; `top`, `middle`, `bottom` train the prior of level 2, 1, 0
-on the codes of a frozen VQ-VAE checkpoint (`--vqvae PATH`), encoded on the fly from the audio windows. The
-upsamplers (middle, bottom) also get the codes of the level above for the same window; every prior gets the
-label vector y (timing, artist, genre, lyrics) from the optional `<stem>.json` next to each audio file.
+Stages: `vqvae` trains the 3-level VQ-VAE on audio windows; `top`, `middle`, `bottom` train the prior of level 2,
+1, 0 on the codes of a frozen VQ-VAE (--vqvae), each song encoded once into a code cache (data.CodeDataset), with
+the label vector y (timing, artist, genre, lyrics) of each window from the songs' `<stem>.json`.
 
-Reading order:
-  1. main()                  flags, the torchrun block (RANK/LOCAL_RANK/WORLD_SIZE), user errors -> exit code 2
-  2. train()                 batch arithmetic, resume checks, model + optimizer + EMA, then the step loop:
-                             micro-batches with no_sync, autocast + GradScaler, clip, Adam, EMA, progress, saves
-  3. setup_*_stage()         what differs per stage: the model, its data window, batch -> model inputs
-  4. save/load_checkpoint()  one dict, written atomically by rank 0, keep the last N, exact resume
+Reading order: 1. main() and train(): the torchrun block, then the loop on one screen, as nanoGPT's. 2. VQVAEStage
+and PriorStage: what differs per stage. 3. setup() and Run: the training state and the steps the loop calls.
+4. The checkpoint API the other scripts import: find_checkpoint, read_checkpoint, build_model, load_vqvae,
+check_pair -- one loader, one EMA rule, one pairing check.
 
-Data order: the dataset maps a global sample counter to a window deterministically, and rank r takes samples
-step*global_batch + r*local_batch + j (j < local_batch) at each step, so N processes see exactly the samples one
-process sees, and resuming simply continues the counter (`data_position` in the checkpoint).
-
-Differences from the original, on purpose: checkpoints keep the trained weights under "model" and the parameter
-EMA under "ema" (the original saved the EMA swapped into the model); the VQ-VAE codebooks take one EMA step per
-micro-batch (the original had no gradient accumulation).
-
-Shape legend: B batch, T raw samples, N tokens of the prior's level (n_ctx), n_y length of the label vector.
+Rank r takes the global samples step * batch + r * local_batch + j at each step and every window is a pure function
+of its index, so N processes see exactly the samples of one, and a resume continues the counter. Checkpoints keep the
+trained weights under "model" and the parameter EMA under "ema" (the original saved the EMA swapped in); the VQ-VAE
+codebooks take one EMA step per micro-batch (the original had no accumulation).
+Shapes: B batch, T samples, N codes of the prior's level (n_ctx), n_y the label vector.
 """
 import argparse
 import dataclasses
@@ -35,566 +28,581 @@ import glob
 import json
 import math
 import os
-import random
-import re
 import sys
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 
-# Idle OpenMP threads sleep instead of spinning (set before torch starts its pool): spinning threads make
-# small CPU ops 10-50x slower whenever another process shares the cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np
 import soundfile as sf
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint.state_dict as dcp
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import official
 import prior
 import vqvae
+from data import UserError
 
-STAGE_LEVEL = {"vqvae": None, "top": 2, "middle": 1, "bottom": 0}  # stage -> the prior's VQ-VAE level
+STAGES = {"vqvae": None, "top": 2, "middle": 1, "bottom": 0}  # stage -> the level of its prior
 DEFAULT_PRESET = {"vqvae": "jukebox", "top": "5b", "middle": "upsampler_level_1", "bottom": "upsampler_level_0"}
-# Flags that may change between a run and its resumption; every other flag must match the checkpoint.
-# Paths may move (--data, --vqvae); hyperparameters may not.
-RESUMABLE_FLAGS = {"steps", "resume", "out", "data", "vqvae", "log_every", "save_every", "keep", "workers",
-                   "sample_every", "device", "grad_checkpoint"}
+RECIPE = {"5b": {"beta2": 0.925}}  # jukebox: training hyperparameters a released model set apart (prior_5b)
+# Flags that may change when a run is resumed (paths, length, logging, speed); every other flag must match.
+RESUMABLE = {"steps", "resume", "out", "data", "vqvae", "codes", "eval_data", "eval_every", "eval_windows",
+             "log_every", "save_every", "keep", "workers", "sample_every", "device", "grad_checkpoint", "fsdp"}
+NUMBERS = {  # every numeric flag: type, default, valid values (checked before anything runs), help
+    "steps": (int, 100_000, "[1, inf)", "total optimizer steps of the run"),
+    "batch_size": (int, 32, "[1, inf)", "global batch: samples per step over all processes"),
+    "micro_batch": (int, None, "[1, inf)", "samples per forward pass (default: the whole local batch)"),
+    "sample_length": (int, 393216, "[1, inf)", "--stage vqvae: samples per training window"),
+    "lr": (float, 3e-4, "(0, inf)", "peak AdamW learning rate"),
+    "warmup": (int, 100, "[0, inf)", "steps of linear learning-rate warmup from 0"),
+    "lr_decay_start": (int, 0, "[0, inf)", "step where the linear decay of the learning rate starts"),
+    "lr_decay": (int, 0, "[0, inf)", "steps of linear decay to 0 (0 = constant after warmup)"),
+    "beta1": (float, 0.9, "[0, 1)", "Adam beta1"),
+    "beta2": (float, None, "[0, 1)", "Adam beta2 (default: 0.925 for 5b as released, else 0.999)"),
+    "eps": (float, 1e-8, "(0, inf)", "Adam epsilon"),
+    "weight_decay": (float, 0.0, "[0, inf)", "decoupled (AdamW) weight decay"),
+    "clip": (float, 1.0, "[0, inf)", "clip the global gradient norm to this (0 = off)"),
+    "ema_decay": (float, None, "[0, 1)", "parameter EMA decay (default 1 - batch/8000, the original's; 0 = off)"),
+    "max_skipped": (int, 50, "[1, inf)", "fp16: stop after this many skipped steps in a row"),
+    "bandwidth_batches": (int, 4, "[1, inf)", "--stage vqvae: batches that estimate the loss normalisers"),
+    "seed": (int, 0, "[0, inf)", "seed of the init, the data windows and training noise"),
+    "workers": (int, 0, "[0, inf)", "DataLoader worker processes per training process"),
+    "log_every": (int, 10, "[1, inf)", "steps between progress lines / metrics.jsonl rows"),
+    "save_every": (int, 1000, "[1, inf)", "steps between checkpoints (and at the end)"),
+    "keep": (int, 3, "[0, inf)", "keep the newest N checkpoints (0 = all)"),
+    "sample_every": (int, 0, "[0, inf)", "steps between example audio in the run folder (0 = never)"),
+    "eval_every": (int, 0, "[0, inf)", "steps between held-out evaluations (0 = never)"),
+    "eval_windows": (int, 64, "[1, inf)", "held-out windows per evaluation, rounded up to whole micro-batches")}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FULL = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
 
 
-PROGRESS_FIXED = ("step", "loss", "lr", "samples_per_s", "tokens_per_s", "eta_s")  # columns of their own
+# ---- 1. the command line and the loop --------------------------------------------------------------------------
 
-
-class UserError(Exception):
-    """A problem the user can fix (bad flag, missing file, wrong checkpoint): one line, exit code 2."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Flags
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless there is none or its help already says it."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in action.help:
-            return action.help
-        return super()._get_help_string(action)
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # a mistyped flag is a user error like any other: one line, exit code 2
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="train.py", description="Train a Jukebox stage (VQ-VAE or a prior); run under torchrun for DDP.",
-        formatter_class=HelpFormatter)
-    p.add_argument("--stage", required=True, choices=list(STAGE_LEVEL),
-                   help="what to train: the VQ-VAE, or the prior of level 2 (top), 1 (middle) or 0 (bottom)")
-    p.add_argument("--data", required=True, help="folder of audio files, each with an optional <stem>.json "
-                   "holding {artist, genre, lyrics}; `python data.py --make-toy DIR` writes a toy one")
-    p.add_argument("--out", default=None, help="run folder for checkpoints and metrics.jsonl (default runs/STAGE)")
-    p.add_argument("--preset", default=None, help="model preset: vqvae.preset() names for --stage vqvae "
-                   "(jukebox, tiny), prior.preset() names otherwise (5b, 5b_lyrics, 1b_lyrics, "
-                   "upsampler_level_0/1, small, tiny); default: the released model of the stage")
-    p.add_argument("--lyrics", default="none", choices=["none", "encoder", "merged"],
-                   help="tiny/small top priors: lyric conditioning like 5b_lyrics (encoder) or 1b_lyrics (merged)")
-    p.add_argument("--vqvae", default=None, help="prior stages: the frozen VQ-VAE whose codes the prior learns: "
-                   "a train.py checkpoint (file, or run folder = its newest) or the released vqvae.pth.tar")
-    p.add_argument("--resume", default=None, help="continue a run from this checkpoint (file, or run folder = "
-                   "its newest); hyperparameters must be those of the run, while paths (--data, --vqvae, --out), "
-                   "--steps, logging, --workers, --device and --grad-checkpoint may change")
-    # optimisation
-    p.add_argument("--steps", type=int, default=100_000, help="total optimizer steps of the run")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="global batch: samples per optimizer step, summed over all processes")
-    p.add_argument("--micro-batch", type=int, default=None, help="samples per forward pass in each process; "
-                   "gradient accumulation = batch-size / (processes * micro-batch) (default: no accumulation)")
-    p.add_argument("--sample-length", type=int, default=393216,
-                   help="--stage vqvae: raw samples per training window (priors use n_ctx * hop length)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak Adam learning rate (the original's default)")
-    p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warmup from 0")
-    p.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
-    p.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (the 5b top prior used 0.925)")
-    p.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled (AdamW-style) weight decay")
-    p.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm to this (0 = off)")
-    p.add_argument("--ema-decay", type=float, default=None, help="decay of the parameter EMA stored under "
-                   "'ema' in checkpoints; default 1 - batch_size/8000 as in the original; 0 disables it")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast dtype of forward passes (parameters stay fp32); fp16 adds a GradScaler")
-    p.add_argument("--grad-checkpoint", action="store_true",
-                   help="priors: recompute each block's activations in the backward pass (less memory, same results)")
-    p.add_argument("--bandwidth-batches", type=int, default=4, help="--stage vqvae: batches used to "
-                   "estimate the loss normalisers ('bandwidth') before training; stored in the config")
-    p.add_argument("--seed", type=int, default=0, help="seed of model init, data windows and training noise")
-    # bookkeeping
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto = cuda if available; under torchrun each process takes cuda:LOCAL_RANK")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per training process")
-    p.add_argument("--log-every", type=int, default=10, help="steps between progress lines / metrics.jsonl rows")
-    p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (and at the end)")
-    p.add_argument("--keep", type=int, default=3, help="keep only the newest N checkpoints of the run")
-    p.add_argument("--sample-every", type=int, default=0, help="steps between audio written to the run folder: "
-                   "reconstructions (vqvae) or short samples (priors); 0 = never")
+    p = Parser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+               description="Train a Jukebox stage (VQ-VAE or a prior); run under torchrun for DDP or --fsdp.")
+    arg = p.add_argument
+    arg("--stage", required=True, choices=list(STAGES), help="the VQ-VAE, or the prior of level 2, 1 or 0")
+    arg("--data", required=True, help="folder of audio, each with an optional <stem>.json {artist, genre, lyrics}")
+    arg("--out", help="run folder for checkpoints and metrics.jsonl (default runs/STAGE)")
+    arg("--preset", help="vqvae.preset() or prior.preset() name (default: the released model of the stage)")
+    arg("--lyrics", default="none", choices=["none", "encoder", "merged"], help="tiny/small top priors: lyrics as "
+        "5b_lyrics (encoder) or 1b_lyrics (merged)")
+    arg("--vqvae", help="prior stages: the frozen VQ-VAE, a train.py checkpoint or run folder, or vqvae.pth.tar")
+    arg("--codes", help="prior stages: the code cache folder (default DATA/.jukebox_codes)")
+    arg("--resume", help="continue the run of this checkpoint or run folder; hyperparameters must be the run's")
+    arg("--eval-data", help="held-out songs: bits/token (priors) or spectral convergence per level (VQ-VAE)")
+    arg("--aug-shift", action="store_true", help="shift each window by a random amount within half a window")
+    arg("--aug-blend", action="store_true", help="--stage vqvae: mix stereo channels at random weights")
+    arg("--dtype", default="fp32", choices=list(AUTOCAST), help="autocast dtype; fp16 adds a GradScaler")
+    arg("--grad-checkpoint", action="store_true", help="priors: recompute blocks in the backward pass")
+    arg("--fsdp", action="store_true", help="priors under torchrun: FSDP2 (a unit per transformer block), not DDP")
+    arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
+    for name, (kind, default, interval, text) in NUMBERS.items():
+        arg("--" + name.replace("_", "-"), type=kind, default=default, help=f"{text}; in {interval}")
     return p
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: one dict, explicit keys, only tensors and plain Python values (torch.load(weights_only=True))
-
-def checkpoint_paths(folder):
-    """The run's checkpoints, oldest first."""
-    return sorted(glob.glob(os.path.join(folder, "ckpt_*.pt")))
-
-
-def load_checkpoint(path, stage, flag):
-    """Read a checkpoint of `stage` named by `flag` (a file, or a run folder -> its newest); UserError otherwise."""
-    if os.path.isdir(path):
-        found = checkpoint_paths(path)
-        if not found:
-            raise UserError(f"{flag} {path}: folder holds no ckpt_*.pt checkpoint; pass a run folder or "
-                            f"checkpoint written by `train.py --stage {stage}`")
-        path = found[-1]
-    if not os.path.isfile(path):
-        raise UserError(f"{flag} {path}: no such file; pass a checkpoint written by `train.py --stage {stage}`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or holding objects that are not plain data
-        raise UserError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__}); pass a checkpoint "
-                        f"written by `train.py --stage {stage}`") from None
-    if not isinstance(ckpt, dict) or "stage" not in ckpt:
-        raise UserError(f"{flag} {path}: not a train.py checkpoint (no 'stage' key); official weights must be "
-                        "converted first")
-    if ckpt["stage"] != stage:
-        raise UserError(f"{flag} {path}: is a '{ckpt['stage']}' checkpoint but a '{stage}' one is needed; "
-                        f"pass a checkpoint written by `train.py --stage {stage}`")
-    return ckpt
+def check_flags(args, ddp):
+    """Every numeric flag against NUMBERS (nan fails every comparison), and flags that only make sense together."""
+    for name, (_, _, interval, _) in NUMBERS.items():
+        value, (low, high) = getattr(args, name), map(float, interval[1:-1].split(","))
+        if value is not None and not ((low <= value if interval[0] == "[" else low < value) and value < high):
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be in {interval}")
+    if args.eval_every and not args.eval_data:
+        raise UserError("--eval-every needs --eval-data DIR, a folder of held-out songs")
+    if (args.stage == "vqvae" and (args.fsdp or args.grad_checkpoint)) or (args.stage != "vqvae" and args.aug_blend):
+        raise UserError("--fsdp and --grad-checkpoint are for prior stages, --aug-blend for --stage vqvae (priors "
+                        "train on cached codes of the 0.5/0.5 mix)")
+    if args.fsdp and not ddp:
+        raise UserError("--fsdp shards over processes: start it with torchrun --nproc_per_node=N train.py ...")
 
 
-def save_checkpoint(ckpt, folder, keep):
-    """Write atomically: a crash mid-write leaves only a stray .tmp, never a truncated ckpt_*.pt."""
-    path = os.path.join(folder, f"ckpt_{ckpt['step']:07d}.pt")
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old state or the new file, nothing between
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    for old in checkpoint_paths(folder)[:-keep] if keep > 0 else []:
-        os.remove(old)
-    return path
-
-
-def rng_state():
-    """This process's RNG states as plain data (numpy's array becomes a tensor for weights_only loading)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "python": random.getstate()}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data: a global sample counter split over ranks and micro-batches
-
-class GlobalIndexSampler(torch.utils.data.Sampler):
-    """Yields this rank's dataset indices from `start_step` on: at step s, rank r takes the global samples
-    s*global_batch + r*local_batch + j for j < local_batch (in micro-batches, in that order), forever."""
-
-    def __init__(self, start_step, global_batch, rank, local_batch):
-        self.start_step, self.global_batch, self.rank, self.local_batch = start_step, global_batch, rank, local_batch
-
-    def __iter__(self):
-        step = self.start_step
-        while True:
-            first = step * self.global_batch + self.rank * self.local_batch
-            yield from range(first, first + self.local_batch)
-            step += 1
-
-
-def make_dataset(args, sample_rate, sample_length, **seconds):
-    try:
-        return data.AudioDataset(args.data, sample_rate, sample_length, seed=args.seed, **seconds)
-    except data.AudioError as e:  # missing or empty folder, bad sidecar: the message names the file and the fix
-        raise UserError(f"--data: {e}") from None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Stages: each returns (model, config, dataset, inputs: batch -> model arguments, listen: writes example audio,
-# extra: more entries for every checkpoint)
-
-def setup_vqvae_stage(args, ckpt, dataset_for, device):
-    """The VQ-VAE: rebuilt from the checkpoint's config on resume, else the preset plus an estimated bandwidth."""
-    if args.grad_checkpoint:
-        raise UserError("--grad-checkpoint is for the prior stages; the VQ-VAE has no checkpointed blocks")
-    if ckpt is not None:
-        cfg = vqvae.VQVAEConfig(**ckpt["config"])
-    else:
-        try:
-            cfg = vqvae.preset(args.preset)
-        except ValueError as e:
-            raise UserError(f"--preset: {e}") from None
-    shortest = max(cfg.stft_n_fft + (vqvae.DEFAULT_STFT[0],)) // 2 + 1  # the STFTs reflect-pad by n_fft / 2
-    if args.sample_length % cfg.hop_lengths[-1] or args.sample_length < shortest:
-        raise UserError(f"--sample-length {args.sample_length}: must be a multiple of {cfg.hop_lengths[-1]} (the "
-                        f"top level's hop length) and at least {shortest} samples")
-    dataset = dataset_for(cfg.sample_rate, args.sample_length)
-    if ckpt is None:
-        # The loss normalisers come from data (the original's calculate_bandwidth): estimated from the first windows, identical on every
-        # rank (same indices), then frozen into the config so every later run and reader uses the same values.
-        n = args.bandwidth_batches * args.batch_size  # the same samples whatever the number of processes
-        audio = torch.stack([dataset[i]["audio"] for i in range(n)])  # (n, T, 1)
-        bandwidth = vqvae.estimate_bandwidth(audio)
-        cfg = dataclasses.replace(cfg, bandwidth_l2=bandwidth["l2"], bandwidth_spec=bandwidth["spec"])
-    model = vqvae.VQVAE(cfg).to(device)
-
-    def inputs(batch):
-        return (batch["audio"].to(device),)  # (B, T, 1)
-
-    def listen(model, model_inputs, prefix, step):
-        """The first window of the batch and its reconstruction through each level."""
-        audio = model_inputs[0][:1]  # (1, T, 1)
-        write_audio(f"{prefix}_input.wav", audio, cfg.sample_rate)
-        for level, codes in enumerate(model.encode(audio)):
-            write_audio(f"{prefix}_recon_l{level}.wav", model.decode(codes, level), cfg.sample_rate)
-    return model, cfg, dataset, inputs, listen, {}
-
-
-def load_frozen_vqvae(path):
-    """The VQ-VAE whose codes a prior learns: a train.py checkpoint (with its EMA weights when it has them: the
-    original saved only those), or the released `vqvae.pth.tar`, read through official.py."""
-    if path.endswith(".pth.tar"):
-        if not os.path.isfile(path):
-            raise UserError(f"--vqvae {path}: no such file; pass the released vqvae.pth.tar or a train.py checkpoint")
-        try:
-            return official.load_vqvae(path)  # the released hyperparameters
-        except official.CheckpointError as e:
-            raise UserError(f"--vqvae: {e}") from None
-    ckpt = load_checkpoint(path, "vqvae", "--vqvae")
-    model = vqvae.VQVAE(vqvae.VQVAEConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-    return model
-
-
-def setup_prior_stage(args, ckpt, dataset_for, device):
-    """A prior of level 0-2 fed by a frozen VQ-VAE: window audio -> codes of its level (and of the level above)."""
-    level = STAGE_LEVEL[args.stage]
-    if args.vqvae is None:
-        raise UserError(f"--stage {args.stage} needs --vqvae PATH: a checkpoint written by `train.py --stage vqvae` "
-                        "or the released vqvae.pth.tar")
-    encoder = load_frozen_vqvae(args.vqvae).to(device).eval().requires_grad_(False)
-    vq_cfg = encoder.config
-
-    if ckpt is not None:
-        cfg = prior.PriorConfig(**ckpt["config"])
-    else:
-        try:
-            cfg = prior.preset(args.preset, level=level, lyrics=args.lyrics)
-        except ValueError as e:
-            raise UserError(f"--preset {args.preset} for --stage {args.stage}: {e}") from None
-        # The prior models the codes of this VQ-VAE: its codebook, hop lengths and sample rate are the VQ-VAE's.
-        cfg = dataclasses.replace(cfg, codebook_size=vq_cfg.codebook_size, hop_lengths=vq_cfg.hop_lengths,
-                                  sample_rate=vq_cfg.sample_rate)
-    if (cfg.codebook_size, tuple(cfg.hop_lengths)) != (vq_cfg.codebook_size, vq_cfg.hop_lengths):
-        raise UserError(f"--vqvae {args.vqvae}: its codebook/hops ({vq_cfg.codebook_size}, {vq_cfg.hop_lengths}) are "
-                        f"not those this prior was trained on; resume with the VQ-VAE the run started with")
-    if ckpt is not None and ckpt.get("vqvae_config", dataclasses.asdict(vq_cfg)) != dataclasses.asdict(vq_cfg):
-        raise UserError(f"--vqvae {args.vqvae}: not the VQ-VAE this run was trained on (its config differs); resume "
-                        "with the VQ-VAE the run started with")
-    cfg = dataclasses.replace(cfg, gradient_checkpointing=args.grad_checkpoint)  # no effect on results or weights
-    # The window of raw audio whose level-`level` codes fill the context: n_ctx * hop_length samples. The top
-    # prior's timing embedding only covers songs of min..max_duration seconds, so others are left out.
-    seconds = dict(min_seconds=cfg.min_duration, max_seconds=cfg.max_duration) if cfg.is_top else {}
-    dataset = dataset_for(cfg.sample_rate, cfg.sample_length, **seconds)
-    model = prior.Prior(cfg).to(device)
-
-    def inputs(batch):
-        audio = batch["audio"].to(device)  # (B, T, 1), T = n_ctx * hop_length
-        codes = encoder.encode(audio)  # [(B, T/hop_0), (B, T/hop_1), (B, T/hop_2)], no grad
-        tokens = codes[level]  # (B, N)
-        upper = None if cfg.is_top else codes[level + 1]  # (B, N/4): the level above, same window
-        rows = []
-        for i in range(len(audio)):
-            total, offset = int(batch["total_length"][i]), int(batch["offset"][i])
-            artist, genres, lyrics = data.song_labels(batch["artist"][i], batch["genre"][i], batch["lyrics"][i],
-                                                      cfg.label_version)
-            if cfg.lyrics != "none":  # the characters that go with this window (lyrics spread evenly over the song)
-                lyrics = data.lyric_window(lyrics, cfg.n_lyric_tokens, total, offset, cfg.sample_length)[0]
-            rows.append(prior.make_y(cfg, artist, genres, total, offset, lyrics))
-        return tokens, torch.stack(rows).to(device), upper  # y: (B, n_y)
-
-    def listen(model, model_inputs, prefix, step):
-        """One window sampled with the labels (and upper codes) of the batch's first window, decoded to audio."""
-        tokens, y, upper = model_inputs
-        generator = torch.Generator(device).manual_seed(step)  # leaves the training RNG untouched
-        sampled = model.sample(1, y[:1], None if upper is None else upper[:1], generator=generator)  # (1, N)
-        write_audio(f"{prefix}_sample.wav", encoder.decode(sampled, level), cfg.sample_rate)
-        write_audio(f"{prefix}_data.wav", encoder.decode(tokens[:1], level), cfg.sample_rate)
-    # The VQ-VAE's config goes into every checkpoint: sample.py refuses to pair the prior with another VQ-VAE.
-    return model, cfg, dataset, inputs, listen, {"vqvae_config": dataclasses.asdict(vq_cfg)}
-
-
-def write_audio(path, audio, sample_rate):
-    """(1, T, 1) float -> a 16-bit wav, clipped to [-1, 1]."""
-    sf.write(path, audio[0, :, 0].clamp(-1, 1).float().cpu().numpy(), sample_rate, subtype="PCM_16")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-def learning_rate(step, args):
-    """Linear warmup from 0 to --lr over --warmup steps, then constant (the original's default schedule)."""
-    return args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
-
-
-def progress_line(row, steps, prior_stage):
-    """step | loss and its parts | speed | ETA. Per-level figures (suffix _l0.._l2) stay in metrics.jsonl,
-    except the VQ-VAE's codebook usage (live codes per level)."""
-    speed = f"{row['tokens_per_s']:.0f} tokens/s" if prior_stage else f"{row['samples_per_s']:.2f} samples/s"
-    parts = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in PROGRESS_FIXED
-                     and (not re.search(r"_l\d$", k) or k.startswith("usage_")))
-    eta = int(row["eta_s"])
-    return (f"step {row['step']}/{steps} | loss {row['loss']:.4f}{' bits/token' if prior_stage else ''} | {parts} | "
-            f"lr {row['lr']:.2e} | {speed} | eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
-
-
-def train(args, rank, local_rank, world_size, device, ddp):
-    master = rank == 0
-    level = STAGE_LEVEL[args.stage]
-    for name, least in dict(steps=1, batch_size=1, micro_batch=1, log_every=1, save_every=1, bandwidth_batches=1,
-                            keep=0, workers=0, sample_every=0, warmup=0).items():
-        if getattr(args, name) is not None and getattr(args, name) < least:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {least}")
-    args.out = args.out or os.path.join("runs", args.stage)
-    args.preset = args.preset or DEFAULT_PRESET[args.stage]
-    if args.ema_decay is None:
-        args.ema_decay = 1.0 - args.batch_size / 8000  # jukebox: mu = 1 - (bs * ngpus / 8) / 1000
-
-    # Batch arithmetic: global batch = world_size * micro_batch * accumulation steps.
-    if args.batch_size % world_size:
-        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world_size} processes; "
-                        "pick a multiple")
-    local_batch = args.batch_size // world_size
-    micro_batch = args.micro_batch or local_batch
-    if local_batch % micro_batch:
-        raise UserError(f"--micro-batch {micro_batch} does not divide the {local_batch} samples per process "
-                        f"(--batch-size {args.batch_size} / {world_size} processes)")
-    accum = local_batch // micro_batch
-
-    # Resume: the checkpoint must be of this stage and of the same run configuration.
-    ckpt = load_checkpoint(args.resume, args.stage, "--resume") if args.resume else None
-    unused = {"vqvae", "lyrics"} if level is None else {"sample_length", "bandwidth_batches"}  # by the other stages
-    run_config = {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS | unused}
-    if ckpt is not None:
-        if "optimizer" not in ckpt or "train" not in ckpt:
-            raise UserError(f"--resume {args.resume}: holds weights but no training state (converted official "
-                            "weights?); --resume needs a checkpoint written by train.py")
-        for key, old in ckpt["train"].items():
-            if key not in RESUMABLE_FLAGS and run_config.get(key) != old:
-                flag = "--" + key.replace("_", "-")
-                raise UserError(f"--resume {args.resume}: the run was started with {flag} {old} but this "
-                                f"command has {flag} {run_config.get(key)}; resume with the same flags")
-    elif checkpoint_paths(args.out):
-        raise UserError(f"--out {args.out} already holds checkpoints; add --resume {args.out} to continue that "
-                        "run, or pick another --out")
-
-    # Model, config and data of the stage. Same seed on every rank -> same init (DDP also broadcasts rank 0's).
-    seed_everything(args.seed)
-
-    def dataset_for(sample_rate, sample_length, **seconds):
-        return make_dataset(args, sample_rate, sample_length, **seconds)
-    setup = setup_vqvae_stage if level is None else setup_prior_stage
-    model, cfg, dataset, inputs, listen, extra = setup(args, ckpt, dataset_for, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
-                                  weight_decay=args.weight_decay)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    # Parameter EMA, fp32, kept apart from the model: the model always holds the trained weights.
-    ema = {n: p.detach().clone().float() for n, p in model.named_parameters()} if args.ema_decay > 0 else None
-    # Tied weights (e.g. a prior's x_out = x_emb) appear once in named_parameters but under each name in the
-    # state dict; map every name to the one EMA entry.
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    ema_name = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
-
-    start_step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema = {n: ckpt["ema"][n].to(device).float() for n in ema}
-        start_step = ckpt["step"]
-        assert ckpt["data_position"] == start_step * args.batch_size
-    if ckpt is not None and len(ckpt["rng"]) == world_size:
-        set_rng_state(ckpt["rng"][rank])  # exact continuation of every rank's random stream
-    else:
-        # fresh run (or a resume on a different number of processes): each rank its own stream
-        seed_everything(args.seed + rank + (1_000_003 * start_step))
-
-    # forward_sync_buffers=False: buffers (the VQ-VAE codebooks) are synchronised by the model's own all-reduce and
-    # broadcast at each update, not overwritten with rank 0's copy before every forward.
-    train_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
-                      forward_sync_buffers=False) if ddp else model
-    sampler = GlobalIndexSampler(start_step, args.batch_size, rank, local_batch)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=micro_batch, sampler=sampler,
-                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0),
-                                         pin_memory=device.type == "cuda")
-    batches = iter(loader)  # the generator keeps the DataLoader from consuming the global torch RNG
-
-    if master:
-        os.makedirs(args.out, exist_ok=True)
-        for stray in glob.glob(os.path.join(args.out, "*.tmp")):  # left by a run killed while saving
-            os.remove(stray)
-        paths = dict(steps=args.steps, out=args.out, data=args.data, vqvae=args.vqvae)
-        print(f"train: {json.dumps(run_config | paths)}")
-        print(f"model: {json.dumps(dataclasses.asdict(cfg))}")
-        print(f"run: {world_size} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
-              f"{args.batch_size} | {sum(p.numel() for p in params):,} parameters | {device} | "
-              f"{'resuming at' if ckpt else 'starting at'} step {start_step}", flush=True)
-
-    def checkpoint(step):
-        """All ranks call this (the RNG gather is collective); rank 0 writes."""
-        rngs = [None] * world_size
-        if ddp:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        sd = model.state_dict()
-        if ddp:  # a cheap guard against replicas drifting apart (e.g. a codebook update not synchronised)
-            fingerprint = torch.stack([t.detach().double().sum() for t in sd.values()])
-            fingerprints = [torch.zeros_like(fingerprint) for _ in range(world_size)]
-            dist.all_gather(fingerprints, fingerprint)
-            if not all(torch.equal(f, fingerprints[0]) for f in fingerprints):
-                raise RuntimeError(f"model replicas differ across ranks at step {step}: a state update is not "
-                                   "synchronised between processes")
-        if not master:
-            return
-        # "ema" is a complete state dict too: averaged parameters, the model's current buffers (codebooks).
-        ema_sd = None if ema is None else {k: ema[ema_name[k]] if k in ema_name else v for k, v in sd.items()}
-        ckpt = {"stage": args.stage, "step": step, "config": dataclasses.asdict(cfg), "train": run_config,
-                "model": sd, "ema": ema_sd, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rngs, "data_position": step * args.batch_size, **extra}
-        path = save_checkpoint(ckpt, args.out, args.keep)
-        print(f"saved {path}")
-
-    tokens_per_sample = cfg.n_ctx if level is not None else None
-    t_last, steps_since, sums = time.time(), 0, {}
-    t_start = time.time()
-    for step in range(start_step, args.steps):
-        lr = learning_rate(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Gradient accumulation: gradients are all-reduced only at the last micro-step (no_sync before it).
-        figures = 0.0  # loss and metrics, summed over micro-steps, kept on the device (no host sync per metric)
-        for micro_step in range(accum):
-            model_inputs = inputs(next(batches))
-            sync = nullcontext() if not ddp or micro_step == accum - 1 else train_model.no_sync()
-            with sync:
-                with autocast:
-                    loss, metrics = train_model(*model_inputs)
-                scaler.scale(loss / accum).backward()
-            names = ["loss", *metrics]
-            figures = figures + torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach()
-                                             for v in (loss, *metrics.values())]) / accum
-        # Mean of every figure over all ranks (one all-reduce); a non-finite loss stops before the weights change.
-        if ddp:
-            dist.all_reduce(figures)
-            figures /= world_size
-        parts = dict(zip(names, figures.tolist()))
-        if not math.isfinite(parts["loss"]):
-            raise UserError(f"loss became {parts['loss']} at step {step}; no checkpoint written for it. Lower --lr "
-                            f"or use --dtype fp32/bf16, and --resume {args.out} from the last good checkpoint")
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip if args.clip > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    ema[n].lerp_(p.detach().float(), 1.0 - args.ema_decay)
-        parts["grad_norm"] = float(grad_norm)  # before clipping; inf on the fp16 steps the GradScaler skips
-        if scaler.is_enabled():
-            parts["loss_scale"] = scaler.get_scale()
-
-        # Progress: the interval's mean of every figure, printed and appended to metrics.jsonl.
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v
-        steps_since += 1
+def train(args, rank, world, device):
+    """One run: the batch plan, the resume check, the stage and its training state, then the step loop."""
+    args.out, args.preset = args.out or os.path.join("runs", args.stage), args.preset or DEFAULT_PRESET[args.stage]
+    args.beta2 = RECIPE.get(args.preset, {}).get("beta2", 0.999) if args.beta2 is None else args.beta2
+    args.ema_decay = 1 - args.batch_size / 8000 if args.ema_decay is None else args.ema_decay  # jukebox: bs/8/1000
+    plan = batch_plan(args, world)  # (local batch, micro-batch, accumulation steps)
+    unused = {"vqvae", "lyrics", "codes"} if args.stage == "vqvae" else {"sample_length", "bandwidth_batches"}
+    run_config = {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE | unused}
+    ckpt = resume_check(args, run_config)
+    torch.manual_seed(args.seed)  # the same init on every rank
+    stage = (VQVAEStage if args.stage == "vqvae" else PriorStage)(args, ckpt, device)
+    run = setup(args, stage, ckpt, rank, world, device, plan)
+    indices = global_indices(run.start_step, args.batch_size, rank, plan[0])
+    batches = iter(torch.utils.data.DataLoader(stage.dataset, batch_size=plan[1], sampler=indices,
+                                               num_workers=args.workers, pin_memory=device.type == "cuda",
+                                               generator=torch.Generator()))  # spares the global random stream
+    run.announce(run_config)
+    for step in range(run.start_step, args.steps):
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        inputs = run.step(batches, step)  # micro-batches, backward, clip, AdamW, EMA
         done = step + 1
-        if master and (done % args.log_every == 0 or done == args.steps):
-            now = time.time()
-            row = {"step": done, **{k: v / steps_since for k, v in sums.items()}, "lr": lr,
-                   "samples_per_s": steps_since * args.batch_size / (now - t_last)}
-            if tokens_per_sample:
-                row["tokens_per_s"] = row["samples_per_s"] * tokens_per_sample
-            row["eta_s"] = (args.steps - done) * (now - t_start) / (done - start_step)
-            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(progress_line(row, args.steps, level is not None), flush=True)
-            t_last, steps_since, sums = now, 0, {}
-        if master and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
-            model.eval()  # rank 0 alone; no collectives inside, the other ranks go on to the next step
-            with torch.no_grad():
-                listen(model, model_inputs, os.path.join(args.out, f"step_{done:07d}"), done)
-            model.train()
+        if done % args.log_every == 0 or done == args.steps:
+            run.log(done)
+        if args.eval_every and (done % args.eval_every == 0 or done == args.steps):
+            run.log(done, run.evaluate())
+        if args.sample_every and (done % args.sample_every == 0 or done == args.steps):
+            run.listen(inputs, done)
         if done % args.save_every == 0 or done == args.steps:
-            checkpoint(done)
+            run.save(done, run_config)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    # The torchrun block (nanoGPT style): torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; without it, one process.
-    ddp = "RANK" in os.environ
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    ddp = "RANK" in os.environ  # the torchrun block: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; else one process
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device is visible; use --device cpu", file=sys.stderr)
-        sys.exit(2)
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls/convs on tensor cores (nanoGPT does the same)
-        torch.backends.cudnn.allow_tf32 = True
-    if ddp:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
-        train(args, rank, local_rank, world_size, device, ddp)
+        check_flags(args, ddp)
+        if use_cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+        if use_cuda:  # fp32 matmuls and convolutions on tensor cores, as nanoGPT
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if ddp:  # a prior's first run encodes its data before the first collective: a generous timeout
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=4))
+        train(args, rank, world, device)
         if ddp:
-            dist.barrier()  # leave together: a rank that tears down gloo while another still talks to it can abort
+            dist.barrier()  # leave together: a rank tearing down gloo while another still talks to it can abort
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if ddp:
-            # Free the DDP wrapper (and the gloo work it holds) before the process group and the interpreter
-            # go: gloo threads that outlive them abort the process at exit (SIGABRT) now and then.
+        if ddp and dist.is_initialized():  # free the DDP wrapper's gloo work first: threads outliving it abort
             gc.collect()
             dist.destroy_process_group()
+
+
+# ---- 2. the stages ----------------------------------------------------------------------------------------------
+
+class VQVAEStage:
+    """The VQ-VAE on windows of raw audio; its loss normalisers (bandwidth) are estimated from the data first."""
+    tokens_per_sample = None  # no tokens/s figure
+    # What evaluate() reports: the loss and the paper's metric, the spectral convergence of each level in dB.
+    eval_names = {"loss": "eval_loss", **{f"spectral_convergence_db_l{i}": f"eval_sc_db_l{i}" for i in range(3)}}
+
+    def __init__(self, args, ckpt, device):
+        try:
+            cfg = vqvae.VQVAEConfig(**ckpt["config"]) if ckpt else vqvae.preset(args.preset)
+        except ValueError as e:
+            raise UserError(f"--preset: {e}") from None
+        shortest = max(cfg.stft_n_fft + (vqvae.DEFAULT_STFT[0],)) // 2 + 1  # the STFTs reflect-pad by n_fft / 2
+        if args.sample_length % cfg.hop_lengths[-1] or args.sample_length < shortest:
+            raise UserError(f"--sample-length {args.sample_length}: must be a multiple of {cfg.hop_lengths[-1]} (the "
+                            f"top level's hop length) and at least {shortest} samples")
+        audio = dict(sample_rate=cfg.sample_rate, sample_length=args.sample_length, seed=args.seed)
+        self.dataset = data.AudioDataset(args.data, **audio, aug_shift=args.aug_shift, aug_blend=args.aug_blend)
+        self.eval_dataset = data.AudioDataset(args.eval_data, **audio) if args.eval_data else None
+        if ckpt is None:  # jukebox: calculate_bandwidth, here from the first windows (the same on every rank)
+            windows = torch.stack([self.dataset[i]["audio"] for i in range(args.bandwidth_batches * args.batch_size)])
+            bandwidth = vqvae.estimate_bandwidth(windows)  # (n, T, 1) -> variance and mean spectral norm
+            cfg = dataclasses.replace(cfg, bandwidth_l2=bandwidth["l2"], bandwidth_spec=bandwidth["spec"])
+        self.config, self.model, self.extra = cfg, vqvae.VQVAE(cfg).to(device), {}  # extra: more checkpoint keys
+
+    def inputs(self, batch, device):
+        return (batch["audio"].to(device),)  # (B, T, 1)
+
+    def listen(self, model, inputs, prefix, step):  # the batch's first window and its reconstruction by each level
+        write_audio(f"{prefix}_input.wav", inputs[0][:1], self.config.sample_rate)
+        for level, codes in enumerate(model.encode(inputs[0][:1])):
+            write_audio(f"{prefix}_recon_l{level}.wav", model.decode(codes, level), self.config.sample_rate)
+
+
+class PriorStage:
+    """A prior of level 0-2 on the cached codes of a frozen VQ-VAE, with the label vector of each window."""
+    eval_names = {"loss": "eval_loss", "gen_loss": "eval_bits"}  # evaluate(): bits per music token
+
+    def __init__(self, args, ckpt, device):
+        if args.vqvae is None:
+            raise UserError(f"--stage {args.stage} needs --vqvae PATH: a train.py vqvae checkpoint or vqvae.pth.tar")
+        self.level, self.vqvae = STAGES[args.stage], load_vqvae(args.vqvae).to(device).eval().requires_grad_(False)
+        vq = self.vqvae.config
+        if ckpt is not None:
+            cfg = prior.PriorConfig(**ckpt["config"])
+            check_pair(cfg, vq, ckpt.get("vqvae_config"), args.vqvae, "--vqvae")
+        else:
+            try:
+                cfg = prior.preset(args.preset, level=self.level, lyrics=args.lyrics)
+            except ValueError as e:
+                raise UserError(f"--preset {args.preset} for --stage {args.stage}: {e}") from None
+            cfg = dataclasses.replace(cfg, codebook_size=vq.codebook_size, hop_lengths=vq.hop_lengths,
+                                      sample_rate=vq.sample_rate)  # the prior models this VQ-VAE's codes
+        cfg = dataclasses.replace(cfg, gradient_checkpointing=args.grad_checkpoint)  # same results, less memory
+        # The top prior's timing embedding covers songs of min..max_duration seconds only; others are left out.
+        codes = dict(vqvae=self.vqvae, level=self.level, n_ctx=cfg.n_ctx, seed=args.seed, cache=args.codes,
+                     **(dict(min_seconds=cfg.min_duration, max_seconds=cfg.max_duration) if cfg.is_top else {}))
+        self.dataset = data.CodeDataset(args.data, aug_shift=args.aug_shift, **codes)
+        self.eval_dataset = data.CodeDataset(args.eval_data, **codes) if args.eval_data else None
+        self.config, self.model, self.tokens_per_sample = cfg, prior.Prior(cfg).to(device), cfg.n_ctx
+        self.extra = {"vqvae_config": dataclasses.asdict(vq)}  # sample.py pairs the prior with this VQ-VAE
+
+    def inputs(self, batch, device):
+        """(tokens (B, N), y (B, n_y), upper (B, N/4) or None); the label vector of each window is built here."""
+        c = self.config
+        songs = zip(batch["artist"], batch["genre"], batch["lyrics"], batch["total_length"], batch["offset"])
+        labels = [(data.song_labels(*song[:3], c.label_version), int(song[3]), int(song[4])) for song in songs]
+        y = torch.stack([prior.window_y(c, artist, genres, total, offset, lyrics)
+                         for (artist, genres, lyrics), total, offset in labels])
+        return batch["tokens"].to(device), y.to(device), batch["upper"].to(device) if "upper" in batch else None
+
+    def listen(self, model, inputs, prefix, step):
+        """A window sampled with the labels (and upper codes) of the batch's first window, and that window."""
+        tokens, y, upper = inputs
+        generator = torch.Generator(y.device).manual_seed(step)  # leaves the training RNG untouched
+        sampled = model.sample(y[:1], None if upper is None else upper[:1], generator=generator)  # (1, N)
+        write_audio(f"{prefix}_sample.wav", self.vqvae.decode(sampled, self.level), self.config.sample_rate)
+        write_audio(f"{prefix}_data.wav", self.vqvae.decode(tokens[:1], self.level), self.config.sample_rate)
+
+
+def write_audio(path, audio, sample_rate):  # (1, T, 1) float -> a 16-bit wav, clipped to [-1, 1]
+    sf.write(path, audio[0, :, 0].clamp(-1, 1).float().cpu().numpy(), sample_rate, subtype="PCM_16")
+
+
+# ---- 3. the training state and the steps of the loop ---------------------------------------------------------
+
+def batch_plan(args, world):
+    """global batch = world * micro-batch * accumulation steps -> (local batch, micro-batch, accumulation)."""
+    local_batch = args.batch_size // world
+    micro_batch = args.micro_batch or local_batch
+    if args.batch_size % world or local_batch % micro_batch:
+        raise UserError(f"--batch-size {args.batch_size} over {world} process(es) in --micro-batch {micro_batch}: "
+                        "the batch must split evenly into processes and micro-batches")
+    return local_batch, micro_batch, local_batch // micro_batch
+
+
+def resume_check(args, run_config):
+    """The checkpoint to resume (of this stage and this run's flags), or None for a fresh run in an empty --out."""
+    if not args.resume:
+        if checkpoint_paths(args.out):
+            raise UserError(f"--out {args.out} already holds checkpoints; add --resume {args.out} or pick another --out")
+        return None
+    ckpt = read_checkpoint(args.resume, args.stage, "--resume")
+    if "optimizer" not in ckpt or "train" not in ckpt:
+        raise UserError(f"--resume {args.resume}: weights without training state; pass a train.py checkpoint")
+    for key, old in ckpt["train"].items():
+        if key not in RESUMABLE and run_config.get(key) != old:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"--resume {args.resume}: the run was started with {flag} {old} but this command has "
+                            f"{flag} {run_config.get(key)}; resume with the same flags")
+    return ckpt
+
+
+def setup(args, stage, ckpt, rank, world, device, plan):
+    """The training state: weights (resumed or fresh), --fsdp sharding or the DDP wrapper, AdamW, the GradScaler,
+    the EMA and the random streams."""
+    model, start_step = stage.model, ckpt["step"] if ckpt else 0
+    canonical = {id(p): n for n, p in model.named_parameters()}  # a tied weight is listed once here...
+    ema_names = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}  # ...under each name
+    if ckpt is not None:  # the EMA first: cloned after sharding below, it is cut into the same shards
+        model.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
+    if args.fsdp:  # FSDP2: each transformer block a unit of its own, the root the rest; gradients reduced in fp32
+        policy = MixedPrecisionPolicy(param_dtype=AUTOCAST[args.dtype], reduce_dtype=torch.float32)
+        for block in (block for transformer in model.transformers() for block in transformer.blocks):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+    # The EMA lives apart from the model, in fp32 (its local shards under --fsdp): the model holds trained weights.
+    ema = {n: p.detach().clone().float() for n, p in model.named_parameters()} if args.ema_decay > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
+                                  weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+    if ckpt is not None:  # whole tensors by parameter name, cut into this rank's shards
+        whole = dcp.StateDictOptions(full_state_dict=True)
+        dcp.set_model_state_dict(model, ckpt["model"], options=whole)
+        dcp.set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=whole)
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt is not None and len(ckpt["rng"]) == world:  # each rank's random stream continues exactly
+        torch.set_rng_state(ckpt["rng"][rank]["cpu"])
+        if ckpt["rng"][rank]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"][rank]["cuda"])
+    else:  # a fresh run, or a resume on another number of processes: a stream per rank
+        torch.manual_seed(args.seed + rank + 1_000_003 * start_step)
+    # forward_sync_buffers=False: the codebooks synchronise themselves (all-reduce, broadcast) at each update.
+    train_model = model if world == 1 or args.fsdp else DDP(
+        model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+    return Run(args, stage, rank, world, device, model, train_model, optimizer, scaler, ema, ema_names, plan,
+               start_step)
+
+
+def learning_rate(step, args):
+    """Linear warmup from 0 over --warmup steps; from --lr-decay-start on, linear decay to 0 over --lr-decay steps
+    (the original's lr_warmup, lr_use_linear_decay, lr_start_linear_decay, lr_decay)."""
+    warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
+    decay = max(0.0, 1.0 - max(0, step - args.lr_decay_start) / args.lr_decay) if args.lr_decay else 1.0
+    return args.lr * warm * decay
+
+
+def global_indices(start_step, global_batch, rank, local_batch):
+    """This rank's dataset indices from start_step on: at step s the global samples s * global_batch +
+    rank * local_batch + j for j < local_batch (in micro-batches, in that order), forever."""
+    for step in range(start_step, sys.maxsize):
+        yield from range(step * global_batch + rank * local_batch, step * global_batch + (rank + 1) * local_batch)
+
+
+@dataclasses.dataclass
+class Run:
+    """The training state, and the steps of the loop that use it."""
+    args: argparse.Namespace
+    stage: object  # VQVAEStage or PriorStage
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module  # the unwrapped model (sharded in place under --fsdp)
+    train_model: torch.nn.Module  # what the training forward calls: DDP(model), or the model itself
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: dict  # parameter name -> its fp32 average, or None
+    ema_names: dict  # every state-dict name of a parameter -> its EMA entry (tied weights share one)
+    plan: tuple  # (local batch, micro-batch, accumulation steps)
+    start_step: int
+    skipped_in_row: int = 0  # fp16 steps the GradScaler skipped in a row
+    interval: dict = None  # since the last progress row: its start (time, step), the figures' sums
+
+    def announce(self, run_config):
+        """Rank 0 prints the resolved configuration and the run's shape, and drops the .tmp of a killed save."""
+        args, songs, (_, micro_batch, accum) = self.args, self.stage.dataset, self.plan
+        self.interval = {"time": time.time(), "step": self.start_step, "skipped": 0, "sums": {}}
+        if self.rank:
+            return
+        os.makedirs(args.out, exist_ok=True)
+        for stray in glob.glob(os.path.join(args.out, "*.tmp")):
+            os.remove(stray)
+        print(f"train: {json.dumps(run_config | {k: getattr(args, k) for k in sorted(RESUMABLE - {'resume'})})}")
+        print(f"model: {json.dumps(dataclasses.asdict(self.stage.config))}")
+        print(f"data: {len(songs.paths)} songs, {songs.lengths.sum() / self.stage.config.sample_rate / 3600:.2f} h, "
+              f"{len(songs)} windows; left out {songs.dropped_short} too short, {songs.dropped_long} too long")
+        print(f"run: {self.world} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
+              f"{args.batch_size} | {sum(p.numel() for p in self.model.parameters()):,} parameters | {self.device}"
+              f"{' | fsdp' * args.fsdp} | {'resuming at' if self.start_step else 'starting at'} step "
+              f"{self.start_step}", flush=True)
+
+    def forward(self, model, inputs):
+        """(loss, {loss and every metric as float64 on the device}) of one micro-batch, under autocast."""
+        amp = AUTOCAST[self.args.dtype]
+        with torch.autocast(self.device.type, dtype=amp) if amp else nullcontext():
+            loss, metrics = model(*inputs)
+        return loss, {k: torch.as_tensor(v, dtype=torch.float64, device=self.device).detach()
+                      for k, v in {"loss": loss, **metrics}.items()}
+
+    def step(self, batches, step):
+        """One optimizer step: micro-batches (gradients all-reduced at the last only), scaled backward, clipping,
+        AdamW, EMA, and the figures for the progress row. Returns the last micro-batch's inputs."""
+        args, (_, _, accum), sums = self.args, self.plan, 0
+        for micro_step in range(accum):
+            inputs, last = self.stage.inputs(next(batches), self.device), micro_step == accum - 1
+            if args.fsdp:
+                self.model.set_requires_gradient_sync(last)  # FSDP's no_sync
+            with nullcontext() if last or self.train_model is self.model else self.train_model.no_sync():
+                loss, figures = self.forward(self.train_model, inputs)
+                self.scaler.scale(loss / accum).backward()
+            sums = sums + torch.stack(list(figures.values()))  # on the device: no host sync per metric
+        if self.world > 1:
+            dist.all_reduce(sums)  # one all-reduce for every figure of every rank
+        figures = dict(zip(figures, (sums / (accum * self.world)).tolist()))
+        if not math.isfinite(figures["loss"]) and not self.scaler.is_enabled():  # fp16 skips such steps instead
+            raise UserError(f"loss became {figures['loss']} at step {step}; nothing saved for it. Lower --lr and "
+                            f"--resume {args.out} from the last good checkpoint")
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip if args.clip > 0 else math.inf)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is not finite, and the scale lowered
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = self.scaler.get_scale() < scale
+        self.skipped_in_row = self.skipped_in_row + 1 if skipped else 0
+        if self.skipped_in_row >= args.max_skipped:
+            raise UserError(f"fp16: {self.skipped_in_row} steps in a row had non-finite gradients; lower --lr or use "
+                            f"--dtype bf16, and --resume {args.out} from the last good checkpoint")
+        figures["grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # before clipping
+        if self.scaler.is_enabled():
+            figures["loss_scale"] = self.scaler.get_scale()  # the next step's
+        if not skipped:  # the weights changed: the EMA follows
+            self.update_ema()
+        self.interval["skipped"] += skipped
+        for k, v in figures.items():  # the progress row averages every step since the last one
+            self.interval["sums"][k] = self.interval["sums"].get(k, 0.0) + v
+        return inputs
+
+    def update_ema(self):  # ema <- decay * ema + (1 - decay) * weights
+        with torch.no_grad():
+            for n, p in self.model.named_parameters() if self.ema is not None else ():
+                self.ema[n].lerp_(p.detach().float(), 1.0 - self.args.ema_decay)
+
+    def log(self, done, figures=None):
+        """A metrics.jsonl row and a progress line, by rank 0: the mean training figures since the last row with
+        speed and ETA, or the figures of an evaluation."""
+        args, now, interval = self.args, time.time(), self.interval
+        if figures is None:  # a training row
+            steps, elapsed = done - interval["step"], now - interval["time"]
+            figures = {k: v / steps for k, v in interval["sums"].items()}
+            figures.update(lr=self.optimizer.param_groups[0]["lr"], skipped_steps=interval["skipped"],
+                           samples_per_s=steps * args.batch_size / elapsed, eta_s=(args.steps - done) * elapsed / steps)
+            if self.stage.tokens_per_sample:
+                figures["tokens_per_s"] = figures["samples_per_s"] * self.stage.tokens_per_sample
+            self.interval = {"time": now, "step": done, "skipped": 0, "sums": {}}
+        if self.rank == 0:
+            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps({"step": done, **figures}) + "\n")
+            # Per-level figures (_l0 .. _l2) stay in metrics.jsonl, but for the VQ-VAE's codebook usage.
+            shown = {k: v for k, v in figures.items() if k[-3:-1] != "_l" or k.startswith(("usage", "eval"))}
+            print(f"step {done}/{args.steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
+
+    def swap_ema(self):  # exchange the weights and their EMA in place (twice = as before), for evaluate()
+        with torch.no_grad():
+            for n, p in self.model.named_parameters() if self.ema is not None else ():
+                weights = p.detach().clone()
+                p.copy_(self.ema[n])
+                self.ema[n].copy_(weights)
+
+    def evaluate(self):
+        """Mean figures of the EMA weights on the first --eval-windows held-out windows: every rank evaluates as
+        many micro-batches of its share (FSDP's forward needs all ranks), then the sums are all-reduced."""
+        (_, micro_batch, _), windows, sums = self.plan, self.stage.eval_dataset, 0
+        rounds = -(-self.args.eval_windows // (self.world * micro_batch))
+        self.swap_ema()
+        self.model.eval()
+        with torch.no_grad():
+            for r in range(rounds):
+                first = (r * self.world + self.rank) * micro_batch  # the held-out windows, in a fixed order
+                batch = torch.utils.data.default_collate([windows[i] for i in range(first, first + micro_batch)])
+                _, figures = self.forward(self.model, self.stage.inputs(batch, self.device))
+                sums = sums + torch.stack(list(figures.values()))
+        if self.world > 1:
+            dist.all_reduce(sums)
+        self.model.train()
+        self.swap_ema()
+        means = dict(zip(figures, (sums / (rounds * self.world)).tolist()))
+        return {new: means[old] for old, new in self.stage.eval_names.items()}
+
+    def listen(self, inputs, step):
+        """Example audio in the run folder, by rank 0; under --fsdp from a copy of the gathered weights."""
+        model, state = self.model, dcp.get_model_state_dict(self.model, options=FULL) if self.args.fsdp else None
+        if self.rank == 0:
+            if state is not None:  # every rank took part in the gather
+                model = prior.Prior(self.stage.config).to(self.device)
+                model.load_state_dict(state)
+            with torch.no_grad():
+                self.stage.listen(model.eval(), inputs, os.path.join(self.args.out, f"step_{step:07d}"), step)
+            model.train()
+
+    def save(self, step, run_config):
+        """A checkpoint: every rank takes part (the RNG states, the gathers), rank 0 writes it atomically."""
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        rngs = [rng] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rngs, rng)
+        if self.world > 1 and not self.args.fsdp:  # a cheap guard against replicas drifting apart
+            fingerprint = torch.stack([t.detach().double().sum() for t in self.model.state_dict().values()])
+            prints = [torch.zeros_like(fingerprint) for _ in range(self.world)]
+            dist.all_gather(prints, fingerprint)
+            if not all(torch.equal(f, prints[0]) for f in prints):
+                raise RuntimeError(f"model replicas differ across ranks at step {step}: a state update is not synced")
+        model_state = dcp.get_model_state_dict(self.model, options=FULL)  # whole tensors, sharded or not
+        optimizer_state = dcp.get_optimizer_state_dict(self.model, self.optimizer, options=FULL)  # by parameter name
+        ema = {n: (e.full_tensor() if isinstance(e, DTensor) else e).cpu() for n, e in (self.ema or {}).items()}
+        if self.rank == 0:  # "ema" is a whole state dict too: the averaged parameters, the buffers (codebooks)
+            ema_state = {k: ema[self.ema_names[k]] if k in self.ema_names else v for k, v in model_state.items()}
+            ckpt = {"stage": self.args.stage, "step": step, "config": dataclasses.asdict(self.stage.config),
+                    "train": run_config, "model": model_state, "ema": ema_state if ema else None,
+                    "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "rng": rngs,
+                    "data_position": step * self.args.batch_size, **self.stage.extra}
+            print(f"saved {save_checkpoint(ckpt, self.args.out, self.args.keep)}", flush=True)
+
+
+# ---- 4. checkpoints: one dict of explicit keys, plain data and tensors (torch.load(weights_only=True)) --------
+
+def checkpoint_paths(folder):  # a run's checkpoints, oldest first
+    return sorted(glob.glob(os.path.join(folder, "ckpt_*.pt")))
+
+
+def find_checkpoint(path, stage, flag):  # a checkpoint file, or a run folder -> its newest ckpt_*.pt
+    if os.path.isdir(path) and not checkpoint_paths(path):
+        raise UserError(f"{flag} {path}: folder holds no ckpt_*.pt; pass a checkpoint of `train.py --stage {stage}`")
+    return checkpoint_paths(path)[-1] if os.path.isdir(path) else path
+
+
+def read_checkpoint(path, stage, flag):
+    """The train.py checkpoint of `stage` at `path` (file or run folder), memory-mapped; UserError naming the flag,
+    the file and the fix when it is missing, unreadable, not train.py's, or of another stage."""
+    path, written_by = find_checkpoint(path, stage, flag), f"pass a checkpoint written by `train.py --stage {stage}`"
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path}: no such file; {written_by}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated, not a torch file, or holding objects that are not plain data
+        raise UserError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__}); {written_by}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("stage") not in STAGES or "config" not in ckpt:
+        raise UserError(f"{flag} {path}: not a train.py checkpoint (no stage/config); {written_by}")
+    if ckpt["stage"] != stage:
+        right = "--vqvae" if ckpt["stage"] == "vqvae" else f"--{ckpt['stage']}"
+        raise UserError(f"{flag} {path}: is a '{ckpt['stage']}' checkpoint, not '{stage}'; pass it to {right}")
+    return ckpt
+
+
+def build_model(ckpt):
+    """The model of a checkpoint, in eval mode: its config and the EMA weights when it has them (they sample and
+    evaluate better; the original saved only those), else the trained weights."""
+    if ckpt["stage"] == "vqvae":
+        model = vqvae.VQVAE(vqvae.VQVAEConfig(**ckpt["config"]))
+    else:
+        model = prior.Prior(prior.PriorConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    return model.eval()
+
+
+def load_vqvae(path, flag="--vqvae"):
+    """A VQ-VAE from a train.py checkpoint or run folder, or the released vqvae.pth.tar (through official.py)."""
+    if not path.endswith(".pth.tar"):
+        return build_model(read_checkpoint(path, "vqvae", flag))
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path}: no such file; pass the released vqvae.pth.tar or a train.py checkpoint")
+    try:
+        return official.load_vqvae(path)
+    except UserError as e:  # e.g. no such file, or not the released VQ-VAE
+        raise UserError(f"{flag}: {e}") from None
+
+
+def check_pair(prior_config, vqvae_config, trained_on, path, flag):
+    """A prior models the codes of one VQ-VAE: UserError when the VQ-VAE's codebook, hops or rate differ from the
+    prior's, or when `trained_on` (the VQ-VAE config saved with the prior; None for released priors) differs."""
+    for field in ("codebook_size", "hop_lengths", "sample_rate"):
+        ours, theirs = (tuple(v) if isinstance(v, (tuple, list)) else v  # a config read back may hold lists
+                        for v in (getattr(prior_config, field), getattr(vqvae_config, field)))
+        if ours != theirs:
+            raise UserError(f"{flag} {path}: the prior has {field} {ours} but the VQ-VAE has {theirs}; pass the "
+                            "VQ-VAE this prior was trained with")
+    differ = [k for k, v in dataclasses.asdict(vqvae_config).items() if trained_on and trained_on.get(k) != v]
+    if differ:
+        raise UserError(f"{flag} {path}: this prior was trained on another VQ-VAE (config differs in "
+                        f"{', '.join(differ[:4])}); pass the VQ-VAE it was trained with")
+
+
+def save_checkpoint(ckpt, folder, keep):
+    """Write atomically (a crash mid-write leaves a stray .tmp, never a truncated ckpt_*.pt); keep the newest."""
+    path = os.path.join(folder, f"ckpt_{ckpt['step']:07d}.pt")
+    with open(path + ".tmp", "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+    os.replace(path + ".tmp", path)  # atomic on POSIX: the old state or the new file, nothing between
+    for old in checkpoint_paths(folder)[:-keep] if keep > 0 else []:
+        os.remove(old)
+    return path
 
 
 if __name__ == "__main__":
