@@ -11,15 +11,14 @@ Stages: `vqvae` trains the 3-level VQ-VAE on audio windows; `top`, `middle`, `bo
 the label vector y (timing, artist, genre, lyrics) of each window from the songs' `<stem>.json`.
 
 Reading order: 1. main() and train(): the torchrun block, then the loop on one screen, as nanoGPT's. 2. VQVAEStage
-and PriorStage: what differs per stage. 3. setup() and Run: the training state and the steps the loop calls.
+and PriorStage: what differs per stage. 3. Run: the training state and the steps the loop calls.
 4. The checkpoint API the other scripts import: find_checkpoint, read_checkpoint, build_model, load_vqvae,
 check_pair -- one loader, one EMA rule, one pairing check.
 
-Rank r takes the global samples step * batch + r * local_batch + j at each step and every window is a pure function
-of its index, so N processes see exactly the samples of one, and a resume continues the counter. Checkpoints keep the
-trained weights under "model" and the parameter EMA under "ema" (the original saved the EMA swapped in); the VQ-VAE
-codebooks take one EMA step per micro-batch (the original had no accumulation).
-Shapes: B batch, T samples, N codes of the prior's level (n_ctx), n_y the label vector.
+Every window is a pure function of its index, so N processes see the samples of one. Checkpoints keep the trained
+weights under "model" and the parameter EMA under "ema" (the original saved the EMA swapped in); the VQ-VAE codebooks
+take one EMA step per micro-batch (the original had no accumulation). Shapes: B batch, T samples, N codes of the
+prior's level (n_ctx), n_y the label vector.
 """
 import argparse
 import dataclasses
@@ -32,6 +31,7 @@ import sys
 import time
 from contextlib import nullcontext
 from datetime import timedelta
+from itertools import count
 
 import soundfile as sf
 import torch
@@ -93,7 +93,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser():
     p = Parser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                description="Train a Jukebox stage (VQ-VAE or a prior); run under torchrun for DDP or --fsdp.")
-    arg = p.add_argument
+    arg = p.add_argument  # every flag of the command line, in the order -h lists them
     arg("--stage", required=True, choices=list(STAGES), help="the VQ-VAE, or the prior of level 2, 1 or 0")
     arg("--data", required=True, help="folder of audio, each with an optional <stem>.json {artist, genre, lyrics}")
     arg("--out", help="run folder for checkpoints and metrics.jsonl (default runs/STAGE)")
@@ -110,24 +110,25 @@ def build_parser():
     arg("--grad-checkpoint", action="store_true", help="priors: recompute blocks in the backward pass")
     arg("--fsdp", action="store_true", help="priors under torchrun: FSDP2 (a unit per transformer block), not DDP")
     arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
-    for name, (kind, default, interval, text) in NUMBERS.items():
+    for name, (kind, default, interval, text) in NUMBERS.items():  # numeric flags: their valid range is part of -h
         arg("--" + name.replace("_", "-"), type=kind, default=default, help=f"{text}; in {interval}")
     return p
 
 
-def check_flags(args, ddp):
+def check_flags(args, ddp, use_cuda):
     """Every numeric flag against NUMBERS (nan fails every comparison), and flags that only make sense together."""
-    for name, (_, _, interval, _) in NUMBERS.items():
+    for name, (_, _, interval, _) in NUMBERS.items():  # e.g. '[1, inf)' -> 1 <= value < inf
         value, (low, high) = getattr(args, name), map(float, interval[1:-1].split(","))
         if value is not None and not ((low <= value if interval[0] == "[" else low < value) and value < high):
             raise UserError(f"--{name.replace('_', '-')} {value}: must be in {interval}")
     if args.eval_every and not args.eval_data:
         raise UserError("--eval-every needs --eval-data DIR, a folder of held-out songs")
     if (args.stage == "vqvae" and (args.fsdp or args.grad_checkpoint)) or (args.stage != "vqvae" and args.aug_blend):
-        raise UserError("--fsdp and --grad-checkpoint are for prior stages, --aug-blend for --stage vqvae (priors "
-                        "train on cached codes of the 0.5/0.5 mix)")
+        raise UserError("--fsdp and --grad-checkpoint are for prior stages, --aug-blend for --stage vqvae only")
     if args.fsdp and not ddp:
         raise UserError("--fsdp shards over processes: start it with torchrun --nproc_per_node=N train.py ...")
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
 
 
 def train(args, rank, world, device):
@@ -135,15 +136,21 @@ def train(args, rank, world, device):
     args.out, args.preset = args.out or os.path.join("runs", args.stage), args.preset or DEFAULT_PRESET[args.stage]
     args.beta2 = RECIPE.get(args.preset, {}).get("beta2", 0.999) if args.beta2 is None else args.beta2
     args.ema_decay = 1 - args.batch_size / 8000 if args.ema_decay is None else args.ema_decay  # jukebox: bs/8/1000
-    plan = batch_plan(args, world)  # (local batch, micro-batch, accumulation steps)
+    local_batch = args.batch_size // world  # global batch = processes x micro-batch x accumulation steps
+    micro_batch = args.micro_batch or local_batch  # no accumulation unless asked for
+    if args.batch_size % world or local_batch % micro_batch:
+        raise UserError(f"--batch-size {args.batch_size} does not split into {world} process(es) x --micro-batch "
+                        f"{micro_batch}; pick sizes that divide it")
+    plan = local_batch, micro_batch, local_batch // micro_batch  # (local batch, micro-batch, accumulation steps)
     unused = {"vqvae", "lyrics", "codes"} if args.stage == "vqvae" else {"sample_length", "bandwidth_batches"}
     run_config = {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE | unused}
-    ckpt = resume_check(args, run_config)
+    ckpt = resume_check(args, run_config)  # None for a fresh run
     torch.manual_seed(args.seed)  # the same init on every rank
     stage = (VQVAEStage if args.stage == "vqvae" else PriorStage)(args, ckpt, device)
-    run = setup(args, stage, ckpt, rank, world, device, plan)
-    indices = global_indices(run.start_step, args.batch_size, rank, plan[0])
-    batches = iter(torch.utils.data.DataLoader(stage.dataset, batch_size=plan[1], sampler=indices,
+    run = Run(args, stage, ckpt, rank, world, device, plan)
+    # At step s rank r reads the global samples s * batch_size + r * local_batch + j, in micro-batches, forever.
+    indices = (s * args.batch_size + rank * local_batch + j for s in count(run.start_step) for j in range(local_batch))
+    batches = iter(torch.utils.data.DataLoader(stage.dataset, batch_size=micro_batch, sampler=indices,
                                                num_workers=args.workers, pin_memory=device.type == "cuda",
                                                generator=torch.Generator()))  # spares the global random stream
     run.announce(run_config)
@@ -151,7 +158,7 @@ def train(args, rank, world, device):
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         inputs = run.step(batches, step)  # micro-batches, backward, clip, AdamW, EMA
-        done = step + 1
+        done = step + 1  # rows, evaluations and checkpoints are named by the steps done
         if done % args.log_every == 0 or done == args.steps:
             run.log(done)
         if args.eval_every and (done % args.eval_every == 0 or done == args.steps):
@@ -165,19 +172,18 @@ def train(args, rank, world, device):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     ddp = "RANK" in os.environ  # the torchrun block: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; else one process
-    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    rank, local_rank, world = (int(os.environ.get(name, default)) for name, default in
+                              (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     try:
-        check_flags(args, ddp)
-        if use_cuda and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+        check_flags(args, ddp, use_cuda)  # before anything is read or written
         if use_cuda:  # fp32 matmuls and convolutions on tensor cores, as nanoGPT
             torch.cuda.set_device(device)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if ddp:  # a prior's first run encodes its data before the first collective: a generous timeout
             dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=4))
-        train(args, rank, world, device)
+        train(args, rank, world, device)  # every rank runs the same loop
         if ddp:
             dist.barrier()  # leave together: a rank tearing down gloo while another still talks to it can abort
     except UserError as e:
@@ -200,12 +206,12 @@ class VQVAEStage:
     def __init__(self, args, ckpt, device):
         try:
             cfg = vqvae.VQVAEConfig(**ckpt["config"]) if ckpt else vqvae.preset(args.preset)
-        except ValueError as e:
-            raise UserError(f"--preset: {e}") from None
+        except ValueError as e:  # an unknown name
+            raise UserError(f"--preset: {e}") from None  # an unknown name
         shortest = max(cfg.stft_n_fft + (vqvae.DEFAULT_STFT[0],)) // 2 + 1  # the STFTs reflect-pad by n_fft / 2
         if args.sample_length % cfg.hop_lengths[-1] or args.sample_length < shortest:
-            raise UserError(f"--sample-length {args.sample_length}: must be a multiple of {cfg.hop_lengths[-1]} (the "
-                            f"top level's hop length) and at least {shortest} samples")
+            raise UserError(f"--sample-length {args.sample_length}: must be a multiple of {cfg.hop_lengths[-1]} and "
+                            f"at least {shortest}")
         audio = dict(sample_rate=cfg.sample_rate, sample_length=args.sample_length, seed=args.seed)
         self.dataset = data.AudioDataset(args.data, **audio, aug_shift=args.aug_shift, aug_blend=args.aug_blend)
         self.eval_dataset = data.AudioDataset(args.eval_data, **audio) if args.eval_data else None
@@ -215,7 +221,7 @@ class VQVAEStage:
             cfg = dataclasses.replace(cfg, bandwidth_l2=bandwidth["l2"], bandwidth_spec=bandwidth["spec"])
         self.config, self.model, self.extra = cfg, vqvae.VQVAE(cfg).to(device), {}  # extra: more checkpoint keys
 
-    def inputs(self, batch, device):
+    def inputs(self, batch, device):  # (B, T, 1) audio of the window
         return (batch["audio"].to(device),)  # (B, T, 1)
 
     def listen(self, model, inputs, prefix, step):  # the batch's first window and its reconstruction by each level
@@ -232,9 +238,9 @@ class PriorStage:
         if args.vqvae is None:
             raise UserError(f"--stage {args.stage} needs --vqvae PATH: a train.py vqvae checkpoint or vqvae.pth.tar")
         self.level, self.vqvae = STAGES[args.stage], load_vqvae(args.vqvae).to(device).eval().requires_grad_(False)
-        vq = self.vqvae.config
+        vq = self.vqvae.config  # the VQ-VAE whose codes the prior learns
         if ckpt is not None:
-            cfg = prior.PriorConfig(**ckpt["config"])
+            cfg = prior.PriorConfig(**ckpt["config"])  # resumed: the run's own config
             check_pair(cfg, vq, ckpt.get("vqvae_config"), args.vqvae, "--vqvae")
         else:
             try:
@@ -254,16 +260,17 @@ class PriorStage:
 
     def inputs(self, batch, device):
         """(tokens (B, N), y (B, n_y), upper (B, N/4) or None); the label vector of each window is built here."""
-        c = self.config
-        songs = zip(batch["artist"], batch["genre"], batch["lyrics"], batch["total_length"], batch["offset"])
-        labels = [(data.song_labels(*song[:3], c.label_version), int(song[3]), int(song[4])) for song in songs]
-        y = torch.stack([prior.window_y(c, artist, genres, total, offset, lyrics)
-                         for (artist, genres, lyrics), total, offset in labels])
-        return batch["tokens"].to(device), y.to(device), batch["upper"].to(device) if "upper" in batch else None
+        c, rows = self.config, []  # the label vector y of each window, row by row
+        for artist, genre, lyrics, total, offset in zip(batch["artist"], batch["genre"], batch["lyrics"],
+                                                        batch["total_length"], batch["offset"]):
+            artist_id, genre_ids, tokens = data.song_labels(artist, genre, lyrics, c.label_version)
+            rows.append(prior.window_y(c, artist_id, genre_ids, int(total), int(offset), tokens))
+        y = torch.stack(rows).to(device)  # (B, n_y)
+        return batch["tokens"].to(device), y, batch["upper"].to(device) if "upper" in batch else None
 
     def listen(self, model, inputs, prefix, step):
         """A window sampled with the labels (and upper codes) of the batch's first window, and that window."""
-        tokens, y, upper = inputs
+        tokens, y, upper = inputs  # (B, N), (B, n_y), (B, N/4) or None
         generator = torch.Generator(y.device).manual_seed(step)  # leaves the training RNG untouched
         sampled = model.sample(y[:1], None if upper is None else upper[:1], generator=generator)  # (1, N)
         write_audio(f"{prefix}_sample.wav", self.vqvae.decode(sampled, self.level), self.config.sample_rate)
@@ -276,126 +283,88 @@ def write_audio(path, audio, sample_rate):  # (1, T, 1) float -> a 16-bit wav, c
 
 # ---- 3. the training state and the steps of the loop ---------------------------------------------------------
 
-def batch_plan(args, world):
-    """global batch = world * micro-batch * accumulation steps -> (local batch, micro-batch, accumulation)."""
-    local_batch = args.batch_size // world
-    micro_batch = args.micro_batch or local_batch
-    if args.batch_size % world or local_batch % micro_batch:
-        raise UserError(f"--batch-size {args.batch_size} over {world} process(es) in --micro-batch {micro_batch}: "
-                        "the batch must split evenly into processes and micro-batches")
-    return local_batch, micro_batch, local_batch // micro_batch
-
-
 def resume_check(args, run_config):
     """The checkpoint to resume (of this stage and this run's flags), or None for a fresh run in an empty --out."""
     if not args.resume:
-        if checkpoint_paths(args.out):
-            raise UserError(f"--out {args.out} already holds checkpoints; add --resume {args.out} or pick another --out")
+        if checkpoint_paths(args.out):  # a fresh run never overwrites another one
+            raise UserError(f"--out {args.out} holds checkpoints already; add --resume {args.out} or pick another")
         return None
     ckpt = read_checkpoint(args.resume, args.stage, "--resume")
-    if "optimizer" not in ckpt or "train" not in ckpt:
+    if "optimizer" not in ckpt or "train" not in ckpt:  # e.g. weights saved by hand
         raise UserError(f"--resume {args.resume}: weights without training state; pass a train.py checkpoint")
     for key, old in ckpt["train"].items():
         if key not in RESUMABLE and run_config.get(key) != old:
-            flag = "--" + key.replace("_", "-")
+            flag = "--" + key.replace("_", "-")  # the flag as the user typed it
             raise UserError(f"--resume {args.resume}: the run was started with {flag} {old} but this command has "
                             f"{flag} {run_config.get(key)}; resume with the same flags")
     return ckpt
 
 
-def setup(args, stage, ckpt, rank, world, device, plan):
-    """The training state: weights (resumed or fresh), --fsdp sharding or the DDP wrapper, AdamW, the GradScaler,
-    the EMA and the random streams."""
-    model, start_step = stage.model, ckpt["step"] if ckpt else 0
-    canonical = {id(p): n for n, p in model.named_parameters()}  # a tied weight is listed once here...
-    ema_names = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}  # ...under each name
-    if ckpt is not None:  # the EMA first: cloned after sharding below, it is cut into the same shards
-        model.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
-    if args.fsdp:  # FSDP2: each transformer block a unit of its own, the root the rest; gradients reduced in fp32
-        policy = MixedPrecisionPolicy(param_dtype=AUTOCAST[args.dtype], reduce_dtype=torch.float32)
-        for block in (block for transformer in model.transformers() for block in transformer.blocks):
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
-    # The EMA lives apart from the model, in fp32 (its local shards under --fsdp): the model holds trained weights.
-    ema = {n: p.detach().clone().float() for n, p in model.named_parameters()} if args.ema_decay > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
-                                  weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-    if ckpt is not None:  # whole tensors by parameter name, cut into this rank's shards
-        whole = dcp.StateDictOptions(full_state_dict=True)
-        dcp.set_model_state_dict(model, ckpt["model"], options=whole)
-        dcp.set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=whole)
-        scaler.load_state_dict(ckpt["scaler"])
-    if ckpt is not None and len(ckpt["rng"]) == world:  # each rank's random stream continues exactly
-        torch.set_rng_state(ckpt["rng"][rank]["cpu"])
-        if ckpt["rng"][rank]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"][rank]["cuda"])
-    else:  # a fresh run, or a resume on another number of processes: a stream per rank
-        torch.manual_seed(args.seed + rank + 1_000_003 * start_step)
-    # forward_sync_buffers=False: the codebooks synchronise themselves (all-reduce, broadcast) at each update.
-    train_model = model if world == 1 or args.fsdp else DDP(
-        model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
-    return Run(args, stage, rank, world, device, model, train_model, optimizer, scaler, ema, ema_names, plan,
-               start_step)
-
-
 def learning_rate(step, args):
     """Linear warmup from 0 over --warmup steps; from --lr-decay-start on, linear decay to 0 over --lr-decay steps
     (the original's lr_warmup, lr_use_linear_decay, lr_start_linear_decay, lr_decay)."""
-    warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
+    warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0  # 0 -> lr over the first --warmup steps
     decay = max(0.0, 1.0 - max(0, step - args.lr_decay_start) / args.lr_decay) if args.lr_decay else 1.0
     return args.lr * warm * decay
 
 
-def global_indices(start_step, global_batch, rank, local_batch):
-    """This rank's dataset indices from start_step on: at step s the global samples s * global_batch +
-    rank * local_batch + j for j < local_batch (in micro-batches, in that order), forever."""
-    for step in range(start_step, sys.maxsize):
-        yield from range(step * global_batch + rank * local_batch, step * global_batch + (rank + 1) * local_batch)
-
-
-@dataclasses.dataclass
 class Run:
-    """The training state, and the steps of the loop that use it."""
-    args: argparse.Namespace
-    stage: object  # VQVAEStage or PriorStage
-    rank: int
-    world: int
-    device: torch.device
-    model: torch.nn.Module  # the unwrapped model (sharded in place under --fsdp)
-    train_model: torch.nn.Module  # what the training forward calls: DDP(model), or the model itself
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    ema: dict  # parameter name -> its fp32 average, or None
-    ema_names: dict  # every state-dict name of a parameter -> its EMA entry (tied weights share one)
-    plan: tuple  # (local batch, micro-batch, accumulation steps)
-    start_step: int
-    skipped_in_row: int = 0  # fp16 steps the GradScaler skipped in a row
-    interval: dict = None  # since the last progress row: its start (time, step), the figures' sums
+    """The training state -- the model and its wrapper, AdamW, the GradScaler, the EMA, the random streams -- and
+    the steps of the loop that use it. Resumed from `ckpt` when given."""
+
+    def __init__(self, args, stage, ckpt, rank, world, device, plan):
+        self.args, self.stage, self.rank, self.world, self.device, self.plan = args, stage, rank, world, device, plan
+        model = self.model = stage.model  # the unwrapped model (sharded in place under --fsdp)
+        self.start_step, self.skipped_in_row = ckpt["step"] if ckpt else 0, 0  # fp16 steps skipped in a row
+        canonical = {id(p): n for n, p in model.named_parameters()}  # a tied weight is listed once here...
+        self.ema_names = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}  # ...and here
+        if ckpt is not None:  # the EMA first: cloned after sharding below, it is cut into the same shards
+            model.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
+        if args.fsdp:  # FSDP2: each transformer block a unit of its own, the root the rest; gradients reduced in fp32
+            policy = MixedPrecisionPolicy(param_dtype=AUTOCAST[args.dtype], reduce_dtype=torch.float32)
+            for block in (block for transformer in model.transformers() for block in transformer.blocks):
+                fully_shard(block, mp_policy=policy)
+            fully_shard(model, mp_policy=policy)
+        # The EMA lives apart from the model, in fp32 (local shards under --fsdp): the model has the trained weights.
+        self.ema = {n: p.detach().clone().float() for n, p in model.named_parameters()} if args.ema_decay else None
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
+                                           eps=args.eps, weight_decay=args.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+        if ckpt is not None:  # whole tensors by parameter name, cut into this rank's shards
+            whole = dcp.StateDictOptions(full_state_dict=True)  # not cpu_offload: load onto this rank's device
+            dcp.set_model_state_dict(model, ckpt["model"], options=whole)
+            dcp.set_optimizer_state_dict(model, self.optimizer, ckpt["optimizer"], options=whole)
+            self.scaler.load_state_dict(ckpt["scaler"])  # the fp16 loss scale and its growth tracker
+        if ckpt is not None and len(ckpt["rng"]) == world:  # each rank's random stream continues exactly
+            torch.set_rng_state(ckpt["rng"][rank]["cpu"])
+            if ckpt["rng"][rank]["cuda"]:
+                torch.cuda.set_rng_state_all(ckpt["rng"][rank]["cuda"])
+        else:  # a fresh run, or a resume on another number of processes: a stream per rank
+            torch.manual_seed(args.seed + rank + 1_000_003 * self.start_step)
+        # What the training forward calls. forward_sync_buffers=False: the codebooks synchronise themselves.
+        self.train_model = model if world == 1 or args.fsdp else DDP(
+            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+        self.interval = {"time": time.time(), "step": self.start_step, "skipped": 0, "sums": {}}  # since the last row
 
     def announce(self, run_config):
         """Rank 0 prints the resolved configuration and the run's shape, and drops the .tmp of a killed save."""
         args, songs, (_, micro_batch, accum) = self.args, self.stage.dataset, self.plan
-        self.interval = {"time": time.time(), "step": self.start_step, "skipped": 0, "sums": {}}
         if self.rank:
             return
-        os.makedirs(args.out, exist_ok=True)
+        os.makedirs(args.out, exist_ok=True)  # metrics.jsonl and checkpoints live here
         for stray in glob.glob(os.path.join(args.out, "*.tmp")):
             os.remove(stray)
-        print(f"train: {json.dumps(run_config | {k: getattr(args, k) for k in sorted(RESUMABLE - {'resume'})})}")
-        print(f"model: {json.dumps(dataclasses.asdict(self.stage.config))}")
+        print(f"train: {json.dumps(run_config | {k: getattr(args, k) for k in sorted(RESUMABLE - {'resume'})})}\n"
+              f"model: {json.dumps(dataclasses.asdict(self.stage.config))}")
         print(f"data: {len(songs.paths)} songs, {songs.lengths.sum() / self.stage.config.sample_rate / 3600:.2f} h, "
               f"{len(songs)} windows; left out {songs.dropped_short} too short, {songs.dropped_long} too long")
         print(f"run: {self.world} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
               f"{args.batch_size} | {sum(p.numel() for p in self.model.parameters()):,} parameters | {self.device}"
-              f"{' | fsdp' * args.fsdp} | {'resuming at' if self.start_step else 'starting at'} step "
-              f"{self.start_step}", flush=True)
+              f"{' | fsdp' * args.fsdp} | {'resuming at' if self.start_step else 'starting at'} step {self.start_step}")
 
-    def forward(self, model, inputs):
-        """(loss, {loss and every metric as float64 on the device}) of one micro-batch, under autocast."""
-        amp = AUTOCAST[self.args.dtype]
-        with torch.autocast(self.device.type, dtype=amp) if amp else nullcontext():
-            loss, metrics = model(*inputs)
+    def forward(self, model, inputs):  # (loss, {loss and each metric: float64 on the device}) under autocast
+        with torch.autocast(self.device.type, dtype=AUTOCAST[self.args.dtype], enabled=self.args.dtype != "fp32"):
+            loss, metrics = model(*inputs)  # VQVAE and Prior both return (loss, {name: tensor})
         return loss, {k: torch.as_tensor(v, dtype=torch.float64, device=self.device).detach()
                       for k, v in {"loss": loss, **metrics}.items()}
 
@@ -409,20 +378,20 @@ class Run:
                 self.model.set_requires_gradient_sync(last)  # FSDP's no_sync
             with nullcontext() if last or self.train_model is self.model else self.train_model.no_sync():
                 loss, figures = self.forward(self.train_model, inputs)
-                self.scaler.scale(loss / accum).backward()
+                self.scaler.scale(loss / accum).backward()  # divided: gradients sum over micro-steps
             sums = sums + torch.stack(list(figures.values()))  # on the device: no host sync per metric
         if self.world > 1:
             dist.all_reduce(sums)  # one all-reduce for every figure of every rank
-        figures = dict(zip(figures, (sums / (accum * self.world)).tolist()))
+        figures = dict(zip(figures, (sums / (accum * self.world)).tolist()))  # means over micro-batches and ranks
         if not math.isfinite(figures["loss"]) and not self.scaler.is_enabled():  # fp16 skips such steps instead
             raise UserError(f"loss became {figures['loss']} at step {step}; nothing saved for it. Lower --lr and "
                             f"--resume {args.out} from the last good checkpoint")
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip if args.clip > 0 else math.inf)
-        scale = self.scaler.get_scale()
+        scale = self.scaler.get_scale()  # the fp16 loss scale before this step
         self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is not finite, and the scale lowered
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # fp16: halved after a skip, grown after 2000 good steps
+        self.optimizer.zero_grad(set_to_none=True)  # set_to_none: the memory is freed until the next backward
         skipped = self.scaler.get_scale() < scale
         self.skipped_in_row = self.skipped_in_row + 1 if skipped else 0
         if self.skipped_in_row >= args.max_skipped:
@@ -433,13 +402,13 @@ class Run:
             figures["loss_scale"] = self.scaler.get_scale()  # the next step's
         if not skipped:  # the weights changed: the EMA follows
             self.update_ema()
-        self.interval["skipped"] += skipped
+        self.interval["skipped"] += skipped  # counted, not hidden: the row shows how many
         for k, v in figures.items():  # the progress row averages every step since the last one
             self.interval["sums"][k] = self.interval["sums"].get(k, 0.0) + v
         return inputs
 
     def update_ema(self):  # ema <- decay * ema + (1 - decay) * weights
-        with torch.no_grad():
+        with torch.no_grad():  # the EMA is not part of the graph
             for n, p in self.model.named_parameters() if self.ema is not None else ():
                 self.ema[n].lerp_(p.detach().float(), 1.0 - self.args.ema_decay)
 
@@ -448,11 +417,11 @@ class Run:
         speed and ETA, or the figures of an evaluation."""
         args, now, interval = self.args, time.time(), self.interval
         if figures is None:  # a training row
-            steps, elapsed = done - interval["step"], now - interval["time"]
+            steps, elapsed = done - interval["step"], now - interval["time"]  # steps and seconds since the last row
             figures = {k: v / steps for k, v in interval["sums"].items()}
             figures.update(lr=self.optimizer.param_groups[0]["lr"], skipped_steps=interval["skipped"],
                            samples_per_s=steps * args.batch_size / elapsed, eta_s=(args.steps - done) * elapsed / steps)
-            if self.stage.tokens_per_sample:
+            if self.stage.tokens_per_sample:  # a prior: tokens of its level per second
                 figures["tokens_per_s"] = figures["samples_per_s"] * self.stage.tokens_per_sample
             self.interval = {"time": now, "step": done, "skipped": 0, "sums": {}}
         if self.rank == 0:
@@ -462,20 +431,12 @@ class Run:
             shown = {k: v for k, v in figures.items() if k[-3:-1] != "_l" or k.startswith(("usage", "eval"))}
             print(f"step {done}/{args.steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
 
-    def swap_ema(self):  # exchange the weights and their EMA in place (twice = as before), for evaluate()
-        with torch.no_grad():
-            for n, p in self.model.named_parameters() if self.ema is not None else ():
-                weights = p.detach().clone()
-                p.copy_(self.ema[n])
-                self.ema[n].copy_(weights)
-
     def evaluate(self):
-        """Mean figures of the EMA weights on the first --eval-windows held-out windows: every rank evaluates as
+        """Mean figures of the trained weights on the first --eval-windows held-out windows: every rank evaluates as
         many micro-batches of its share (FSDP's forward needs all ranks), then the sums are all-reduced."""
         (_, micro_batch, _), windows, sums = self.plan, self.stage.eval_dataset, 0
-        rounds = -(-self.args.eval_windows // (self.world * micro_batch))
-        self.swap_ema()
-        self.model.eval()
+        rounds = -(-self.args.eval_windows // (self.world * micro_batch))  # micro-batches per rank
+        self.model.eval()  # VQ-VAE codebooks do not update in eval mode
         with torch.no_grad():
             for r in range(rounds):
                 first = (r * self.world + self.rank) * micro_batch  # the held-out windows, in a fixed order
@@ -484,8 +445,7 @@ class Run:
                 sums = sums + torch.stack(list(figures.values()))
         if self.world > 1:
             dist.all_reduce(sums)
-        self.model.train()
-        self.swap_ema()
+        self.model.train()  # and the VQ-VAE's codebooks learn again
         means = dict(zip(figures, (sums / (rounds * self.world)).tolist()))
         return {new: means[old] for old, new in self.stage.eval_names.items()}
 
@@ -494,7 +454,7 @@ class Run:
         model, state = self.model, dcp.get_model_state_dict(self.model, options=FULL) if self.args.fsdp else None
         if self.rank == 0:
             if state is not None:  # every rank took part in the gather
-                model = prior.Prior(self.stage.config).to(self.device)
+                model = prior.Prior(self.stage.config).to(self.device)  # built on rank 0 only, like the checkpoint
                 model.load_state_dict(state)
             with torch.no_grad():
                 self.stage.listen(model.eval(), inputs, os.path.join(self.args.out, f"step_{step:07d}"), step)
@@ -502,13 +462,14 @@ class Run:
 
     def save(self, step, run_config):
         """A checkpoint: every rank takes part (the RNG states, the gathers), rank 0 writes it atomically."""
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        rngs = [rng] * self.world
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        rng = {"cpu": torch.get_rng_state(), "cuda": cuda}
+        rngs = [rng] * self.world  # every rank's random stream, for an exact resume
         if self.world > 1:
             dist.all_gather_object(rngs, rng)
         if self.world > 1 and not self.args.fsdp:  # a cheap guard against replicas drifting apart
             fingerprint = torch.stack([t.detach().double().sum() for t in self.model.state_dict().values()])
-            prints = [torch.zeros_like(fingerprint) for _ in range(self.world)]
+            prints = [torch.zeros_like(fingerprint) for _ in range(self.world)]  # one slot per rank
             dist.all_gather(prints, fingerprint)
             if not all(torch.equal(f, prints[0]) for f in prints):
                 raise RuntimeError(f"model replicas differ across ranks at step {step}: a state update is not synced")
@@ -531,7 +492,7 @@ def checkpoint_paths(folder):  # a run's checkpoints, oldest first
 
 
 def find_checkpoint(path, stage, flag):  # a checkpoint file, or a run folder -> its newest ckpt_*.pt
-    if os.path.isdir(path) and not checkpoint_paths(path):
+    if os.path.isdir(path) and not checkpoint_paths(path):  # a run folder with nothing in it yet
         raise UserError(f"{flag} {path}: folder holds no ckpt_*.pt; pass a checkpoint of `train.py --stage {stage}`")
     return checkpoint_paths(path)[-1] if os.path.isdir(path) else path
 
@@ -541,7 +502,7 @@ def read_checkpoint(path, stage, flag):
     the file and the fix when it is missing, unreadable, not train.py's, or of another stage."""
     path, written_by = find_checkpoint(path, stage, flag), f"pass a checkpoint written by `train.py --stage {stage}`"
     if not os.path.isfile(path):
-        raise UserError(f"{flag} {path}: no such file; {written_by}")
+        raise UserError(f"{flag} {path}: no such file; {written_by}")  # e.g. a typo in the path
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # truncated, not a torch file, or holding objects that are not plain data
@@ -549,7 +510,7 @@ def read_checkpoint(path, stage, flag):
     if not isinstance(ckpt, dict) or ckpt.get("stage") not in STAGES or "config" not in ckpt:
         raise UserError(f"{flag} {path}: not a train.py checkpoint (no stage/config); {written_by}")
     if ckpt["stage"] != stage:
-        right = "--vqvae" if ckpt["stage"] == "vqvae" else f"--{ckpt['stage']}"
+        right = "--vqvae" if ckpt["stage"] == "vqvae" else f"--{ckpt['stage']}"  # the flag that takes it
         raise UserError(f"{flag} {path}: is a '{ckpt['stage']}' checkpoint, not '{stage}'; pass it to {right}")
     return ckpt
 
@@ -557,19 +518,18 @@ def read_checkpoint(path, stage, flag):
 def build_model(ckpt):
     """The model of a checkpoint, in eval mode: its config and the EMA weights when it has them (they sample and
     evaluate better; the original saved only those), else the trained weights."""
-    if ckpt["stage"] == "vqvae":
-        model = vqvae.VQVAE(vqvae.VQVAEConfig(**ckpt["config"]))
-    else:
-        model = prior.Prior(prior.PriorConfig(**ckpt["config"]))
+    model_class, config_class = (vqvae.VQVAE, vqvae.VQVAEConfig) if ckpt["stage"] == "vqvae" else (prior.Prior,
+                                                                                                   prior.PriorConfig)
+    model = model_class(config_class(**ckpt["config"]))  # the dataclass fields of the config, rebuilt
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-    return model.eval()
+    return model.eval()  # eval mode: no dropout, no codebook updates
 
 
 def load_vqvae(path, flag="--vqvae"):
     """A VQ-VAE from a train.py checkpoint or run folder, or the released vqvae.pth.tar (through official.py)."""
-    if not path.endswith(".pth.tar"):
+    if not path.endswith(".pth.tar"):  # a train.py checkpoint or run folder
         return build_model(read_checkpoint(path, "vqvae", flag))
-    if not os.path.isfile(path):
+    if not os.path.isfile(path):  # the official loader would name the file too, less plainly
         raise UserError(f"{flag} {path}: no such file; pass the released vqvae.pth.tar or a train.py checkpoint")
     try:
         return official.load_vqvae(path)
@@ -580,14 +540,13 @@ def load_vqvae(path, flag="--vqvae"):
 def check_pair(prior_config, vqvae_config, trained_on, path, flag):
     """A prior models the codes of one VQ-VAE: UserError when the VQ-VAE's codebook, hops or rate differ from the
     prior's, or when `trained_on` (the VQ-VAE config saved with the prior; None for released priors) differs."""
-    for field in ("codebook_size", "hop_lengths", "sample_rate"):
-        ours, theirs = (tuple(v) if isinstance(v, (tuple, list)) else v  # a config read back may hold lists
-                        for v in (getattr(prior_config, field), getattr(vqvae_config, field)))
+    for field in ("codebook_size", "hop_lengths", "sample_rate"):  # (both configs hold tuples, also read back)
+        ours, theirs = getattr(prior_config, field), getattr(vqvae_config, field)
         if ours != theirs:
             raise UserError(f"{flag} {path}: the prior has {field} {ours} but the VQ-VAE has {theirs}; pass the "
                             "VQ-VAE this prior was trained with")
     differ = [k for k, v in dataclasses.asdict(vqvae_config).items() if trained_on and trained_on.get(k) != v]
-    if differ:
+    if differ:  # one config field is enough to refuse
         raise UserError(f"{flag} {path}: this prior was trained on another VQ-VAE (config differs in "
                         f"{', '.join(differ[:4])}); pass the VQ-VAE it was trained with")
 
@@ -597,10 +556,10 @@ def save_checkpoint(ckpt, folder, keep):
     path = os.path.join(folder, f"ckpt_{ckpt['step']:07d}.pt")
     with open(path + ".tmp", "wb") as f:
         torch.save(ckpt, f)
-        f.flush()
+        f.flush()  # Python's buffer, then the OS's (fsync) below
         os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
     os.replace(path + ".tmp", path)  # atomic on POSIX: the old state or the new file, nothing between
-    for old in checkpoint_paths(folder)[:-keep] if keep > 0 else []:
+    for old in checkpoint_paths(folder)[:-keep] if keep > 0 else []:  # oldest first, so the newest `keep` stay
         os.remove(old)
     return path
 
