@@ -2,18 +2,15 @@
 
 Implements the sampling of arXiv:2005.00341 §4.4 (ancestral, windowed and primed sampling, Figure 3) with the
 window bookkeeping of the released sampler (the original's sample.py and utils/sample_utils.py). Reading order:
-  1. `sample_level`: one level, window by window; every window after the first is primed with its overlap.
-  2. `sample_levels`: the levels top to bottom; an upsampler window sees exactly the codes above it.
-  3. `run`: the models (train.py checkpoints, or the released ones with --official), the inputs (prime audio or
-     saved codes) and the outputs (wavs and codes after each level).
-  4. `main`: the command line.
-
-Labels: each prior gets the song's artist and genre as ids of its own label version (v3 for 1b_lyrics, v2 for the
-others), and a lyric-conditioned top prior the characters of its lyrics that go with each window (`window_labels`).
+  1. `windows` and `sample_level`: one level, window by window; every window after the first is primed with
+     its overlap, and an upsampler window sees exactly the codes above it.
+  2. `sample_levels`: the levels top to bottom, one prior in memory at a time.
+  3. The plumbing: the models (train.py checkpoints, or the released ones with --official), the inputs (a
+     prime clip or saved codes) and the outputs (wavs and codes after each level); `main` is the command line.
 
 Shapes: B samples in the batch, T tokens of one level, S raw audio samples. `codes` is a list indexed by
 level (0 bottom, 1 middle, 2 top) of LongTensors (B, T_level). Per-level settings are indexed the same way,
-as in the original's --hop_fraction. "samples per token" is the VQ-VAE hop length of a level (8, 32, 128).
+as in the original's --hop_fraction.
 """
 import argparse
 import dataclasses
@@ -22,25 +19,17 @@ import os
 import sys
 import warnings
 
-# Idle OpenMP threads sleep instead of spinning (set before torch starts its pool): spinning threads make
-# small CPU ops 10-50x slower whenever another process shares the cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import soundfile
 import torch
 from tqdm import tqdm
 
 import data
 import official
-from data import AudioError, load_audio, lyric_window
-from prior import Prior, PriorConfig, make_y
-from vqvae import VQVAE, VQVAEConfig
+import train
+from data import UserError
+from prior import PriorConfig, Sampling, window_y
 
-LEVEL_NAMES = {2: "top", 1: "middle", 0: "bottom"}  # level -> train.py stage of the prior sampling it
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad file, bad flag): main() prints it on one line and exits with code 2."""
+LEVEL_STAGE = {level: stage for stage, level in train.STAGES.items() if level is not None}  # 2 -> "top", ...
 
 
 @dataclasses.dataclass
@@ -52,7 +41,15 @@ class Settings:
     top_p: float = 0.0  # nucleus sampling mass, 0 = off (released: 0.0)
     chunk_size: int = 32  # prime tokens per prefill step (released: 32; 16 for the 5b top prior)
     batch_size: int = 16  # samples per prior.sample call (released max_batch_size: 16; 3 for the 5b top)
-    dtype: torch.dtype = None  # the priors' compute dtype, None = their own (released sampling: float16)
+
+
+@dataclasses.dataclass
+class Song:
+    """What the priors are told about the song: names, lyrics text, length in samples."""
+    artist: str = "unknown"  # "unknown" is id 0 in every table
+    genre: str = "unknown"
+    lyrics: str = ""
+    samples: int = 0  # the length the top prior's timing labels describe (>= the length sampled)
 
 
 # ---- 1. one level, window by window ---------------------------------------------------------------------
@@ -72,147 +69,169 @@ def windows(total, n_ctx, hop):
     return [(start, start + n_ctx) for start in window_starts(total, n_ctx, hop)]
 
 
-def window_labels(y, start, n_ctx, samples_per_token, lyrics=(), n_lyric_tokens=0):
-    """The label vector y (B, n_y) (prior.make_y) for the window starting at token `start` of its level.
-
-    y is the song's vector at offset 0; lyrics are the token ids of the whole song's lyrics, of which a prior with
-    n_lyric_tokens > 0 gets the n_lyric_tokens that go with this window (the last n_lyric_tokens entries of y).
-    """
-    y = y.clone()
-    y[:, 1] += start * samples_per_token  # offset in raw samples: drives the top prior's timing embeddings
-    y[:, 2] = n_ctx * samples_per_token  # jukebox: the prior's full window length, even for a partial window
-    if n_lyric_tokens:
-        for row in y:  # (n_y,): the lyrics are assumed spread evenly over the song; centred on this window
-            # jukebox: the window's centre is offset + y[2] / 2, y[2] the full window even for a partial one
-            window, _ = lyric_window(lyrics, n_lyric_tokens, int(row[0]), int(row[1]), int(row[2]))
-            row[-n_lyric_tokens:] = torch.tensor(window)
-    return y
+def song_ids(config, song):
+    """(artist id, genre ids, lyric tokens) of the song in the id tables of the prior's label version (v3 for
+    1b_lyrics, v2 for the others). An unknown name becomes 0 with a one-line warning naming the closest ones."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        artist, genres, lyrics = data.song_labels(song.artist, song.genre, song.lyrics, config.label_version)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    genres = [g for g in genres if g >= 0][:config.max_genres]
+    if artist >= config.n_artists or max(genres, default=0) >= config.n_genres:
+        raise UserError(f"artist id {artist} / genre ids {genres} are outside the level {config.level} prior's "
+                        f"{config.n_artists} artists / {config.n_genres} genres; pick another --artist/--genre")
+    return artist, genres, lyrics if config.lyrics != "none" else []
 
 
-def sample_level(prior, codes, level, total, samples_per_token, y, settings, upper=None, upper_ratio=4,
-                 generator=None, progress=None, lyrics=()):
+def sample_level(prior, codes, level, total, song, settings, generator=None, progress=None):
     """Extend codes[level] (B, T) to (B, total) in place, window by window.
 
-    `prior` is anything with `config.n_ctx` and the `Prior.sample` signature. Tokens already in codes[level]
-    (a prime, or a run being continued) are kept and primed on, never sampled again; each window samples only
-    the tokens after them. `upper` (B, total // upper_ratio) are the codes of the level above, for an
-    upsampler: a window [start, end) is conditioned on exactly upper[:, start // ratio : end // ratio].
-    `progress(k)` is told of k new tokens (summed over the batch) after each sampled position (Prior.sample's
-    progress). `lyrics`: the token ids of the song's lyrics, for a lyric-conditioned prior (see window_labels).
+    `prior` is anything with a PriorConfig `config` and the Prior.sample signature. Tokens already in
+    codes[level] (a prime, or a run being continued) are kept and primed on, never sampled again; each window
+    samples only the tokens after them. An upsampler's window [start, end) is conditioned on exactly
+    codes[level + 1][:, start / 4 : end / 4]. Every window gets its own label vector: its offset in the song
+    drives the top prior's timing, and a lyric-conditioned prior gets the lyrics that go with it.
     """
-    n_ctx = prior.config.n_ctx
-    hop = int(settings.hop_fraction[level] * n_ctx)  # jukebox: int(hop_fraction * n_ctx), e.g. top 1024
+    c = prior.config
+    hop = int(settings.hop_fraction[level] * c.n_ctx)  # jukebox: int(hop_fraction * n_ctx), e.g. top 1024
+    ratio = None if c.is_top else c.upsample_factor
+    sampling = Sampling(temperature=settings.temperature[level], top_k=settings.top_k, top_p=settings.top_p,
+                        chunk_size=settings.chunk_size)
+    artist, genres, lyrics = song_ids(c, song)
     batch = codes[level].shape[0]
-    n_lyric_tokens = prior.config.n_lyric_tokens if getattr(prior.config, "lyrics", "none") != "none" else 0
-    for start, end in windows(total, n_ctx, hop):
+    for start, end in windows(total, c.n_ctx, hop):
         have = codes[level].shape[1]
         assert have >= start, f"gap: window starts at {start} but only {have} tokens exist"
         if have >= end:
             continue  # the window is already full: a long prime, or a continued run
-        window_upper = None
-        if upper is not None:
-            assert start % upper_ratio == 0 and end % upper_ratio == 0, "upsampler windows align with the level above"
-            window_upper = upper[:, start // upper_ratio:end // upper_ratio]  # (B, (end - start) / ratio)
-            assert window_upper.shape[1] * upper_ratio == end - start, "too few codes in the level above"
-        y_window = window_labels(y, start, n_ctx, samples_per_token, lyrics, n_lyric_tokens)
+        upper = None
+        if ratio is not None:
+            assert start % ratio == 0 and end % ratio == 0, "upsampler windows align with the level above"
+            upper = codes[level + 1][:, start // ratio:end // ratio]  # (B, (end - start) / ratio)
+            assert upper.shape[1] * ratio == end - start, "too few codes in the level above"
+        y = window_y(c, artist, genres, song.samples, start * c.hop_length, lyrics).to(codes[level].device)
         new = []
         for rows in torch.arange(batch).split(settings.batch_size):  # jukebox: max_batch_size per call
             prime = codes[level][rows, start:]  # (b, have - start): the overlap with the previous window
-            out = prior.sample(
-                len(rows), y_window[rows], upper=None if window_upper is None else window_upper[rows],
-                prime=prime if prime.shape[1] > 0 else None, sample_tokens=end - start,
-                temperature=settings.temperature[level], top_k=settings.top_k, top_p=settings.top_p,
-                chunk_size=settings.chunk_size, generator=generator, dtype=settings.dtype,
-                progress=progress)  # (b, end - start)
+            out = prior.sample(y.expand(len(rows), -1), None if upper is None else upper[rows],
+                               prime=prime if prime.shape[1] else None, length=end - start, sampling=sampling,
+                               generator=generator, progress=progress)  # (b, end - start)
             new.append(out[:, have - start:])  # (b, end - have): only the tokens sampled now
-        codes[level] = torch.cat([codes[level], torch.cat(new).to(codes[level].device)], dim=1)
+        codes[level] = torch.cat([codes[level], torch.cat(new)], dim=1)
     return codes[level]
 
 
 # ---- 2. the levels, top to bottom -----------------------------------------------------------------------
 
-def sample_levels(prior_for, codes, levels, total_samples, hop_lengths, labels_for, settings, generator=None,
-                  on_level_done=None):
-    """Sample `levels` top to bottom, each to total_samples // hop_lengths[level] tokens; codes updated in place.
-
-    prior_for(level) -> the prior of that level (loaded only when its turn comes, so one prior is in memory at
-    a time); labels_for(prior) -> (its label vector y (B, n_y) at offset 0, the song's lyric token ids);
-    on_level_done(level) is called as soon as a level is complete, so its outputs are written before the next
-    (slower) level starts.
-    """
-    top = len(hop_lengths) - 1
-    for level in sorted(levels, reverse=True):
+def sample_levels(priors, codes, total_samples, hop_lengths, song, settings, generator=None):
+    """Sample the levels of `priors` (level -> something whose build() gives the prior) top to bottom, each to
+    total_samples // hop_lengths[level] tokens; codes are updated in place. A prior is built only when its turn
+    comes, so one is in memory at a time. Yields each level as soon as it is complete, so that its outputs are
+    written before the next (slower) level starts."""
+    for level in sorted(priors, reverse=True):
         total, have = total_samples // hop_lengths[level], codes[level].shape[1]
         if have >= total:
             continue  # complete already (a resumed run): its outputs were written when it completed
-        upper, ratio = None, None
-        if level < top:  # an upsampler: conditioned on the codes of the level above
-            upper, ratio = codes[level + 1], hop_lengths[level + 1] // hop_lengths[level]
-            assert upper.shape[1] * ratio >= total, f"level {level + 1} has too few codes to upsample"
-        prior = prior_for(level)
-        y, lyrics = labels_for(prior)
+        if level + 1 < len(hop_lengths):
+            ratio = hop_lengths[level + 1] // hop_lengths[level]
+            assert codes[level + 1].shape[1] * ratio >= total, f"level {level + 1} has too few codes to upsample"
+        prior = priors[level].build()
         batch = codes[level].shape[0]  # the bar counts every sample's tokens: tokens/s and ETA per sampled token
-        with tqdm(total=(total - have) * batch, unit="tok", desc=f"level {level} ({LEVEL_NAMES.get(level, level)}, "
+        with tqdm(total=(total - have) * batch, unit="tok", desc=f"level {level} ({LEVEL_STAGE.get(level, level)}, "
                   f"{batch} x {total - have})", dynamic_ncols=True, smoothing=0.05) as bar:
-            sample_level(prior, codes, level, total, hop_lengths[level], y, settings, upper=upper,
-                         upper_ratio=ratio, generator=generator, progress=bar.update, lyrics=lyrics)
-        del prior  # one prior in memory at a time
-        if on_level_done is not None:
-            on_level_done(level)
-    return codes
+            sample_level(prior, codes, level, total, song, settings, generator=generator, progress=bar.update)
+        del prior
+        yield level
 
 
-# ---- 3. inputs and outputs ------------------------------------------------------------------------------
+# ---- 3. the models --------------------------------------------------------------------------------------
 
-STAGES = ("vqvae", "top", "middle", "bottom")
-CODES_FORMAT = "jukebox-minimal codes v1"
+@dataclasses.dataclass
+class PriorFile:
+    """A prior whose file is checked but not read in full: built when its level starts (memory-mapped until
+    then), in the compute precision asked for, on the device asked for."""
+    path: str
+    config: object  # its PriorConfig
+    origin: str  # "step N" of a train.py run, or "released NAME"
+    checkpoint: dict = None  # a train.py checkpoint; None: a released file, read with official.load_prior
+    release: str = None  # the released hyperparameter set of a released file
+    dtype: torch.dtype = None  # half precision of the blocks (Prior.half_blocks), None = float32
+    device: str = "cpu"
+    compile: bool = False  # run each new position through torch.compile (Prior.compile_step)
 
-
-def load_checkpoint(path, stage, flag):
-    """A train.py checkpoint dict for `stage`, memory-mapped (cheap to check before any sampling starts)."""
-    if not os.path.isfile(path):
-        raise UserError(f"{flag} {path}: no such file; check the path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated file, not a torch zip file, or holding objects beyond plain tensors
-        raise UserError(f"{flag} {path}: not a readable train.py checkpoint ({type(e).__name__}); "
-                        "pass a file written by train.py") from None
-    if not isinstance(ckpt, dict) or ckpt.get("stage") not in STAGES or "config" not in ckpt:
-        raise UserError(f"{flag} {path}: not a train.py checkpoint (no stage/config); pass a file written by train.py")
-    if ckpt["stage"] != stage:
-        right = "--vqvae" if ckpt["stage"] == "vqvae" else f"--{ckpt['stage']}"
-        raise UserError(f"{flag} {path}: this is a '{ckpt['stage']}' checkpoint, not '{stage}'; pass it to {right}")
-    return ckpt
-
-
-def build_model(ckpt, model_class, config_class):
-    """The model of a train.py checkpoint, with its EMA weights when it has them (they sample better)."""
-    model = model_class(config_class(**ckpt["config"]))
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-    return model.eval()
+    def build(self):
+        if self.checkpoint is None:
+            model = official.load_prior(self.path, self.release, dtype=self.dtype or torch.float32)
+        else:
+            model = train.build_model(self.checkpoint)
+            if self.dtype is not None:
+                model.half_blocks(self.dtype)
+        model = model.to(self.device)
+        if self.compile:  # on CUDA the compiled step is replayed as a CUDA graph
+            model.compile_step("reduce-overhead" if torch.device(self.device).type == "cuda" else None)
+        return model
 
 
-def check_prior_matches(prior_config, vqvae_config, path, flag):
-    """A prior can only sample codes of the VQ-VAE it was trained on: same codebook, levels and rate."""
-    for field in ("codebook_size", "hop_lengths", "sample_rate"):
-        ours, theirs = getattr(prior_config, field), getattr(vqvae_config, field)
-        if isinstance(ours, (tuple, list)):
-            ours, theirs = tuple(ours), tuple(theirs)  # a config read back from a file may hold lists
-        if ours != theirs:
-            raise UserError(f"{flag} {path}: the prior has {field} {ours} but the VQ-VAE has {theirs}; "
-                            "pass the --vqvae this prior was trained with")
+def checkpoint_paths(args, stored):
+    """stage -> checkpoint file for every stage given: a flag, else the codes file being continued, else the
+    newest checkpoint in --runs/STAGE."""
+    paths = {}
+    for stage in train.STAGES:
+        path = getattr(args, stage) or stored.get(stage)
+        if path is None and os.path.isdir(os.path.join(args.runs, stage)):
+            path = os.path.join(args.runs, stage)
+        if path is not None:
+            paths[stage] = train.find_checkpoint(path, stage, f"--{stage}")
+    return paths
 
 
-def load_prime(path, vqvae, total_samples, prime_seconds=None):
+def load_models(args, levels, stored, dtype):
+    """(the VQ-VAE, level -> PriorFile, stage -> path) from --official or from train.py checkpoints. Every file
+    is checked now, so that a bad bottom prior fails before hours of top-level sampling."""
+    if args.official:
+        if any(getattr(args, stage) for stage in train.STAGES):
+            raise UserError("--official cannot be combined with --vqvae/--top/--middle/--bottom; use one or the other")
+        files = official.release_files(args.official, args.model)  # every file there, or the first missing one's URL
+        priors = {level: PriorFile(files[level][0], official.prior_config(files[level][1]),
+                                   f"released {files[level][1]}", release=files[level][1]) for level in levels}
+        vq, paths = official.load_vqvae(files["vqvae"][0]), {"vqvae": files["vqvae"][0]}
+    else:
+        paths = checkpoint_paths(args, stored)
+        if not paths:
+            raise UserError(f"no trained models found (no --vqvae/--top/--middle/--bottom, nothing in {args.runs}/); "
+                            "train them with the CPU recipe in the README, or point at the released weights with "
+                            "--official DIR --model NAME")
+        if "vqvae" not in paths:
+            raise UserError(f"no VQ-VAE checkpoint (nothing in {os.path.join(args.runs, 'vqvae')}); pass --vqvae "
+                            "PATH, a checkpoint written by `train.py --stage vqvae`")
+        vq, priors = train.load_vqvae(paths["vqvae"]), {}
+        for level in levels:
+            stage = LEVEL_STAGE[level]
+            if stage not in paths:
+                raise UserError(f"no {stage} prior checkpoint (nothing in {os.path.join(args.runs, stage)}); pass "
+                                f"--{stage} PATH, or leave level {level} out with --levels")
+            ckpt = train.read_checkpoint(paths[stage], stage, f"--{stage}")
+            config = PriorConfig(**ckpt["config"])
+            train.check_pair(config, vq.config, ckpt.get("vqvae_config"), paths[stage], f"--{stage}")
+            priors[level] = PriorFile(paths[stage], config, f"step {ckpt['step']}", checkpoint=ckpt)
+    for file in priors.values():
+        file.dtype, file.device, file.compile = dtype, args.device, args.compile
+    return vq.to(args.device).eval(), priors, paths
+
+
+# ---- 4. inputs and outputs ------------------------------------------------------------------------------
+
+CODES_FORMAT = "jukebox-minimal codes v2"
+
+
+def load_prime(path, vq, total_samples, prime_seconds=None):
     """The prime clip as mono audio (1, S, 1) at the VQ-VAE's rate, S a multiple of the top hop length."""
-    rate, top_hop = vqvae.config.sample_rate, vqvae.config.hop_lengths[-1]
+    rate, top_hop = vq.config.sample_rate, vq.config.hop_lengths[-1]
     if not os.path.isfile(path):
         raise UserError(f"--prime {path}: no such file; check the path")
     length = None if prime_seconds is None else int(prime_seconds * rate)
-    try:
-        audio = load_audio(path, rate, length=length)  # (S,) float32, mono, resampled to the VQ-VAE's rate
-    except AudioError as e:
-        raise UserError(f"--prime {e}") from None
+    audio = data.load_audio(path, rate, length=length)  # (S,) float32, mono, resampled to the VQ-VAE's rate
     if len(audio) == 0:
         raise UserError(f"--prime {path}: the file holds no audio (0 samples); pass a clip with sound")
     if len(audio) < top_hop:
@@ -228,23 +247,10 @@ def load_prime(path, vqvae, total_samples, prime_seconds=None):
     return torch.from_numpy(audio).view(1, -1, 1)  # (S,) -> (1, S, 1)
 
 
-def save_codes(path, codes, total_samples, song_samples, vqvae_config, checkpoints, released=None, song=None):
+def save_codes(path, state):
     """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically."""
-    hops = vqvae_config.hop_lengths
-    state = {
-        "format": CODES_FORMAT,
-        "codes": [c.cpu() for c in codes],  # per level (B, T_level) long; a level may be partly sampled
-        "levels_done": [level for level in reversed(range(len(codes)))  # levels complete to total_samples
-                        if codes[level].shape[1] * hops[level] >= total_samples],
-        "total_samples": total_samples,  # the length asked for, in raw samples
-        "song_samples": song_samples,  # the song length the top prior's timing labels were given
-        "vqvae": dataclasses.asdict(vqvae_config),  # codes mean something only with this VQ-VAE
-        "checkpoints": checkpoints,  # stage -> path, the defaults when this run is continued or upsampled
-        "official": released,  # or {"dir": DIR, "model": NAME}: the released models of --official DIR --model NAME
-        "song": song,  # {"artist", "genre", "lyrics"} given to the priors (None: unknown), kept when continued
-    }
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # atomic: an interrupted save leaves the previous file intact
+    torch.save({"format": CODES_FORMAT, **state, "codes": [c.cpu() for c in state["codes"]]}, path + ".tmp")
+    os.replace(path + ".tmp", path)  # an interrupted save leaves the previous file intact
 
 
 def load_codes(path, flag):
@@ -253,7 +259,7 @@ def load_codes(path, flag):
         raise UserError(f"{flag} {path}: no such file; pass the codes.pt of an earlier sample.py run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # truncated, not a torch file, or holding objects beyond plain data
         raise UserError(f"{flag} {path}: not a readable codes file ({type(e).__name__}); "
                         "pass the codes.pt of an earlier sample.py run") from None
     if not isinstance(state, dict) or state.get("format") != CODES_FORMAT:
@@ -261,41 +267,75 @@ def load_codes(path, flag):
     return state
 
 
-def song_text(args, saved):
-    """The song's {"artist", "genre", "lyrics"}: the flags, else those of the run being continued (None: unknown)."""
-    song = {"artist": None, "genre": None, "lyrics": "", **((saved.get("song") or {}) if saved else {})}
+def starting_codes(args, vq, saved, saved_path):
+    """(codes each level starts from, total_samples): a prime's codes, saved codes, or none."""
+    rate, hops = vq.config.sample_rate, vq.config.hop_lengths
+    asked = None if args.seconds is None else int(args.seconds * rate) // hops[-1] * hops[-1]
+    if asked == 0:
+        raise UserError(f"--seconds {args.seconds}: shorter than one top-level code ({hops[-1] / rate:.4f} s); ask "
+                        "for more")
+    if saved is not None:
+        if saved["vqvae"] != dataclasses.asdict(vq.config):
+            raise UserError(f"{saved_path}: these codes were made with another VQ-VAE than the one given; pass the "
+                            "--vqvae of that run")
+        codes = [c.to(args.device) for c in saved["codes"]]
+        total_samples = asked or saved["total_samples"]
+        have = max(c.shape[1] * hop for c, hop in zip(codes, hops))
+        if total_samples < have:
+            raise UserError(f"{saved_path} already holds {have / rate:.2f} s; ask for at least that with --seconds")
+        if args.upsample and codes[-1].shape[1] * hops[-1] < total_samples:
+            raise UserError(f"--upsample {saved_path}: its top level is not complete; finish it with --continue")
+        return codes, total_samples
+    total_samples = asked or int(20.0 * rate) // hops[-1] * hops[-1]
+    codes = [torch.zeros(args.n, 0, dtype=torch.long, device=args.device) for _ in hops]
+    if args.prime:
+        audio = load_prime(args.prime, vq, total_samples, args.prime_seconds).to(args.device)  # (1, S, 1)
+        # jukebox: the prime is encoded at every level, and every level's first window is primed with its codes
+        codes = [c.expand(args.n, -1).clone() for c in vq.encode(audio)]  # [(B, S / hop)] per level
+    return codes, total_samples
+
+
+def song_from(args, saved, priors, rate, total_samples):
+    """The Song: the flags, else those of the run being continued; its length is --song-seconds, else the
+    saved one, else the length sampled raised to the shortest song the top prior knows (60 s for 5b)."""
+    song = Song(**(saved.get("song") or {})) if saved else Song()
     if args.lyrics:
         if not os.path.isfile(args.lyrics):
             raise UserError(f"--lyrics {args.lyrics}: no such file; pass a text file of the lyrics, or --lyrics-text")
         try:
             with open(args.lyrics, encoding="utf-8") as f:
-                song["lyrics"] = f.read()
+                song.lyrics = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"--lyrics {args.lyrics}: cannot read it as UTF-8 text ({type(e).__name__}); save it "
                             "as UTF-8 text") from None
-    if args.lyrics_text is not None:
-        song["lyrics"] = args.lyrics_text
-    song.update({k: getattr(args, k) for k in ("artist", "genre") if getattr(args, k) is not None})
+    song.lyrics = song.lyrics if args.lyrics_text is None else args.lyrics_text
+    song.artist, song.genre = args.artist or song.artist, args.genre or song.genre
+    if args.song_seconds is not None:
+        song.samples = int(args.song_seconds * rate)
+    elif not saved:
+        top = [f.config for f in priors.values() if f.config.is_top]
+        song.samples = max([math.ceil(c.min_duration * rate) for c in top], default=0)
+    song.samples = max(song.samples, total_samples)
+    for level, file in priors.items():
+        c = file.config
+        if c.is_top and c.lyrics == "none" and song.lyrics:
+            print(f"warning: the top prior ({file.origin}) is not conditioned on lyrics; they are ignored "
+                  "(1b_lyrics and 5b_lyrics are)", file=sys.stderr)
+        if c.is_top and not c.min_duration * rate <= song.samples < c.max_duration * rate:
+            raise UserError(f"the top prior knows songs of {c.min_duration:g} to {c.max_duration:g} s; "
+                            "set --song-seconds in that range")
     return song
 
 
-def prior_labels(config, song, song_samples):
-    """(y (1, n_y) at offset 0, the song's lyric token ids) for one prior, with the ids of its label version
-    (v2 for 5b, 5b_lyrics and the upsamplers, v3 for 1b_lyrics). An unknown name becomes 0 with a warning."""
-    version = config.label_version
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        artist = data.artist_id(song["artist"], version) if song["artist"] else 0  # 0: "unknown" in every table
-        genres = data.genre_ids(song["genre"], version) if song["genre"] else [0]
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    genres = [g for g in genres if g >= 0][:config.max_genres]  # make_y pads with -1 again
-    if artist >= config.n_artists or max(genres, default=0) >= config.n_genres:
-        raise UserError(f"artist id {artist} / genre ids {genres} (ids v{version}) are outside the level "
-                        f"{config.level} prior's {config.n_artists} artists / {config.n_genres} genres; pick another "
-                        "--artist/--genre")
-    lyrics = data.tokenize_lyrics(song["lyrics"], version) if config.lyrics != "none" else []
-    return make_y(config, artist, genres, total_length=song_samples)[None], lyrics  # (n_y,) -> (1, n_y)
+def write_level(out, vq, codes, level, batch_size):
+    """OUT/level_L/item_i.wav: the level's codes decoded, 16-bit PCM, clipped to [-1, 1]."""
+    folder = os.path.join(out, f"level_{level}")
+    os.makedirs(folder, exist_ok=True)
+    for first in range(0, len(codes[level]), batch_size):  # a few samples at a time bounds the decoder's memory
+        audio = vq.decode(codes[level][first:first + batch_size], level)  # (b, T_level * hop, 1)
+        for i, item in enumerate(audio.float().clamp(-1, 1).cpu().numpy()):
+            soundfile.write(os.path.join(folder, f"item_{first + i}.wav"), item[:, 0], vq.config.sample_rate,
+                            subtype="PCM_16")
 
 
 def list_names(args, kind, query):
@@ -307,7 +347,7 @@ def list_names(args, kind, query):
         if path is None:
             raise UserError(f"--list-{kind}s: which id tables? pass --model {' | '.join(official.MODELS)} or the "
                             "--top PATH of the prior to sample with")
-        config, source = checkpoint_file(path, "top", "--top").config, path
+        config, source = PriorConfig(**train.read_checkpoint(path, "top", "--top")["config"]), path
     version = config.label_version
     table = data.load_ids(kind, version)
     names = list(table)
@@ -326,180 +366,69 @@ def list_names(args, kind, query):
     return 0
 
 
-def write_wavs(folder, audio, rate, first=0):
-    """audio (B, S, 1) -> folder/item_{first + i}.wav, 16-bit PCM, clipped to [-1, 1]."""
-    os.makedirs(folder, exist_ok=True)
-    for i, item in enumerate(audio.float().clamp(-1, 1).cpu().numpy()):  # (S, 1) each
-        soundfile.write(os.path.join(folder, f"item_{first + i}.wav"), item[:, 0], rate, subtype="PCM_16")
+# ---- 5. a run: flags -> models, inputs, the levels, outputs ---------------------------------------------
 
-
-# ---- 4. a run: models, inputs, the levels, outputs ------------------------------------------------------
-
-def find_checkpoint(path, stage, flag):
-    """A checkpoint file, or a train.py run folder -> its newest ckpt_*.pt."""
-    if os.path.isdir(path):
-        found = sorted(f for f in os.listdir(path) if f.startswith("ckpt_") and f.endswith(".pt"))
-        if not found:
-            raise UserError(f"{flag} {path}: folder holds no ckpt_*.pt; pass a checkpoint written by "
-                            f"`train.py --stage {stage}` or its run folder")
-        return os.path.join(path, found[-1])
-    return path
-
-
-def checkpoint_paths(args, stored):
-    """stage -> path for every stage given: a flag, else the codes file being continued, else --runs/STAGE."""
-    paths = {}
-    for stage in STAGES:
-        path = getattr(args, stage) or stored.get(stage)
-        default = os.path.join(args.runs, stage)
-        if path is None and os.path.isdir(default):
-            path = default
-        if path is not None:
-            paths[stage] = find_checkpoint(path, stage, f"--{stage}")
-    return paths
-
-
-def per_level(text, flag, kind=float):
-    """'0.99' -> (0.99, 0.99, 0.99); '0.5,0.5,0.125' -> per level (bottom, middle, top)."""
+def per_level(text, flag, low, high):
+    """'0.99' -> (0.99, 0.99, 0.99); '0.5,0.5,0.125' -> per level (bottom, middle, top); each in (low, high]."""
     try:
-        values = tuple(kind(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"{flag} {text}: expected a number or three comma-separated numbers "
                         "(bottom,middle,top)") from None
-    if len(values) not in (1, 3):
-        raise UserError(f"{flag} {text}: give one value for all levels or three (bottom,middle,top)")
+    if len(values) not in (1, 3) or not all(low < v <= high for v in values):
+        raise UserError(f"{flag} {text}: give one value for all levels or three (bottom,middle,top), each in "
+                        f"({low:g}, {high:g}]")
     return values * 3 if len(values) == 1 else values
 
 
-@dataclasses.dataclass
-class ModelFile:
-    """One model, checked but not built yet (a prior is built only when its level starts)."""
-    path: str
-    config: object  # VQVAEConfig or PriorConfig
-    origin: str  # "step N" of a train.py run, or "released NAME"
-    build: object  # () -> the model in eval mode, on the CPU
-    vqvae_config: dict = None  # a prior's: the config of the VQ-VAE it was trained on (train.py saves it)
-
-
-def checkpoint_file(path, stage, flag):
-    """A train.py checkpoint of `stage` as a ModelFile."""
-    model_class, config_class = (VQVAE, VQVAEConfig) if stage == "vqvae" else (Prior, PriorConfig)
-    ckpt = load_checkpoint(path, stage, flag)
-    return ModelFile(path, config_class(**ckpt["config"]), f"step {ckpt['step']}",
-                     lambda: build_model(ckpt, model_class, config_class), ckpt.get("vqvae_config"))
-
-
-def released_files(directory, model, levels, dtype):
-    """The released model `model` under `directory` (official.MODELS layout) as ModelFiles: stage -> file."""
+def output_folder(args, saved, saved_path):
+    """--out (default samples; continue/upsample: the folder of the codes file), checked and created."""
+    out = args.out or (os.path.dirname(saved_path) or "." if saved else "samples")
+    if saved is None and os.path.exists(os.path.join(out, "codes.pt")):
+        raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with "
+                        f"--continue {os.path.join(out, 'codes.pt')}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: exists and is not a folder; pick another --out")
     try:
-        found = official.release_files(directory, model)  # every file present, or the first missing one's URL
-    except official.CheckpointError as e:
-        raise UserError(f"--official: {e}") from None
-
-    def load(path, name):  # read when needed: a prior only when its level starts
-        try:
-            if name == "vqvae":
-                return official.load_vqvae(path, name)
-            # jukebox: the released sampling ran the priors in float16; loading in that dtype halves the memory
-            return float32_outside_blocks(official.load_prior(path, name, dtype=dtype or torch.float32))
-        except official.CheckpointError as e:
-            raise UserError(f"--official: {e}") from None
-
-    files = {}
-    for part, (path, name) in found.items():
-        if part == "vqvae" or part in levels:
-            config = official.vqvae_config(name) if part == "vqvae" else official.prior_config(name)
-            files[LEVEL_NAMES.get(part, part)] = ModelFile(path, config, f"released {name}",
-                                                           lambda path=path, name=name: load(path, name))
-    return files
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create it ({e.strerror}); pick a writable folder") from None
+    return out
 
 
-def float32_outside_blocks(model):
-    """A prior loaded in half precision, back to float32 except its transformer blocks (nearly all its weights).
-    Prior.sample(dtype=...) runs only the blocks in half precision; embeddings, conditioning and the output layer
-    stay float32, as they are in a prior built from a train.py checkpoint."""
-    in_blocks = {id(t) for transformer in model.transformers() for t in transformer.blocks.parameters()}
-    for module in model.modules():
-        for tensors in (module._parameters, module._buffers):
-            for t in tensors.values():
-                if t is not None and t.is_floating_point() and id(t) not in in_blocks:
-                    t.data = t.data.float()  # in place on the Parameter: tied weights stay tied
-    return model
+def check_levels(priors, codes, total_samples, hops, settings):
+    """Every level has the codes above it (or samples them first) and windows that align with them."""
+    for level, file in priors.items():
+        upper_missing = level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
+        if upper_missing and level + 1 not in priors:
+            raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
+        c = file.config
+        if not c.is_top and int(settings.hop_fraction[level] * c.n_ctx) % c.upsample_factor:
+            raise UserError(f"--hop-fraction: level {level}'s window hop must be a multiple of "
+                            f"{c.upsample_factor} tokens to align with the level above; use 0.5")
 
 
-def load_models(args, levels, stored, device, dtype=None):
-    """(stage -> path, the VQ-VAE built, its ModelFile, level -> the checked ModelFile of its prior)."""
-    if args.official:
-        if any(getattr(args, stage) for stage in STAGES):
-            raise UserError("--official cannot be combined with --vqvae/--top/--middle/--bottom; use one or the other")
-        files = released_files(args.official, args.model, levels, dtype)
-        paths = {stage: file.path for stage, file in files.items()}
-    else:
-        paths = checkpoint_paths(args, stored)
-        if not paths:
-            raise UserError(f"no trained models found (no --vqvae/--top/--middle/--bottom, nothing in {args.runs}/); "
-                            "train them with the CPU recipe in the README, or point at the released weights with "
-                            "--official DIR --model NAME")
-        if "vqvae" not in paths:
-            raise UserError(f"no VQ-VAE checkpoint (nothing in {os.path.join(args.runs, 'vqvae')}); pass --vqvae "
-                            "PATH, a checkpoint written by `train.py --stage vqvae`")
-        files = {"vqvae": checkpoint_file(paths["vqvae"], "vqvae", "--vqvae")}
-        for level in levels:  # all checked now, so a bad bottom checkpoint fails before hours of top-level sampling
-            stage = LEVEL_NAMES[level]
-            if stage not in paths:
-                raise UserError(f"no {stage} prior checkpoint (nothing in {os.path.join(args.runs, stage)}); pass "
-                                f"--{stage} PATH, or leave level {level} out with --levels")
-            files[stage] = checkpoint_file(paths[stage], stage, f"--{stage}")
-    vq_file = files["vqvae"]
-    vq = vq_file.build().to(device)
-    prior_files = {level: files[LEVEL_NAMES[level]] for level in levels}
-    for level, file in prior_files.items():
-        check_prior_matches(file.config, vq.config, file.path, f"--{LEVEL_NAMES[level]}")
-        trained_on = file.vqvae_config  # None in checkpoints older than this check: codebook and hops checked only
-        if trained_on is not None and trained_on != dataclasses.asdict(vq.config):
-            differ = [k for k, v in dataclasses.asdict(vq.config).items() if trained_on.get(k) != v]
-            raise UserError(f"--{LEVEL_NAMES[level]} {file.path}: this prior was trained on another VQ-VAE than "
-                            f"{vq_file.path} (config differs in {', '.join(differ[:4])}); pass the --vqvae it was "
-                            "trained with")
-    return paths, vq, vq_file, prior_files
-
-
-def starting_codes(args, vq, saved, saved_path, device):
-    """(codes each level starts from, total_samples): a prime's codes, saved codes, or none."""
+def print_plan(args, out, mode, codes, total_samples, song, vq, priors, settings):
     rate, hops = vq.config.sample_rate, vq.config.hop_lengths
-    asked = None if args.seconds is None else int(args.seconds * rate) // hops[-1] * hops[-1]
-    if asked == 0:
-        raise UserError(f"--seconds {args.seconds}: shorter than one top-level code ({hops[-1] / rate:.4f} s); ask "
-                        "for more")
-    if saved is not None:
-        if saved["vqvae"] != dataclasses.asdict(vq.config):
-            raise UserError(f"{saved_path}: these codes were made with another VQ-VAE than the one given; pass the "
-                            "--vqvae of that run")
-        codes = [c.to(device) for c in saved["codes"]]
-        total_samples = asked or saved["total_samples"]
-        have = max(c.shape[1] * hop for c, hop in zip(codes, hops))
-        if total_samples < have:
-            raise UserError(f"{saved_path} already holds {have / rate:.2f} s; ask for at least that with --seconds")
-        if args.upsample and codes[-1].shape[1] * hops[-1] < total_samples:
-            raise UserError(f"--upsample {saved_path}: its top level is not complete; finish it with --continue")
-        return codes, total_samples
-    total_samples = asked or int(20.0 * rate) // hops[-1] * hops[-1]
-    codes = [torch.zeros(args.n, 0, dtype=torch.long, device=device) for _ in hops]
-    if args.prime:
-        audio = load_prime(args.prime, vq, total_samples, args.prime_seconds).to(device)  # (1, S, 1)
-        # jukebox: the prime is encoded at every level, and every level's first window is primed with its codes
-        codes = [c.expand(args.n, -1).clone() for c in vq.encode(audio)]  # [(B, S / hop)] per level
-    return codes, total_samples
+    print(f"sample.py: {mode}, {len(codes[0])} x {total_samples / rate:.2f} s of a {song.samples / rate:.2f} s song "
+          f"at {rate} Hz -> {out}/")
+    print(f"  song    artist {song.artist or 'unknown'}, genre {song.genre or 'unknown'}, "
+          f"{len(song.lyrics)} characters of lyrics")
+    for level, file in sorted(priors.items(), reverse=True):
+        c = file.config
+        print(f"  level {level} ({LEVEL_STAGE[level]}) {file.path} ({file.origin}): {codes[level].shape[1]} -> "
+              f"{total_samples // hops[level]} tokens, n_ctx {c.n_ctx}, window hop "
+              f"{int(settings.hop_fraction[level] * c.n_ctx)}, temperature {settings.temperature[level]}, "
+              f"labels v{c.label_version}")
+    print(f"  top_k {settings.top_k}, top_p {settings.top_p}, chunk_size {settings.chunk_size}, batch_size "
+          f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
 
 
 def run(args):
     """Sample as the flags say; returns the exit code (0, or 130 when interrupted)."""
-    settings = Settings(hop_fraction=per_level(args.hop_fraction, "--hop-fraction"),
-                        temperature=per_level(args.temperature, "--temperature"), top_k=args.top_k,
-                        top_p=args.top_p, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                        dtype={"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype])
-    if settings.top_k and settings.top_p:
-        raise UserError("--top-k and --top-p cannot be combined (as in the original); pick one")
+    settings = Settings(hop_fraction=per_level(args.hop_fraction, "--hop-fraction", 0.0, 1.0),
+                        temperature=per_level(args.temperature, "--temperature", 0.0, 10.0), top_k=args.top_k,
+                        top_p=args.top_p, chunk_size=args.chunk_size, batch_size=args.batch_size)
     levels = [1, 0] if args.upsample else [2, 1, 0]
     if args.levels:
         levels = sorted({int(v) for v in args.levels.split(",") if v.strip() in ("0", "1", "2")}, reverse=True)
@@ -507,180 +436,146 @@ def run(args):
             raise UserError(f"--levels {args.levels}: expected levels among 0, 1, 2, e.g. --levels 2 or 2,1,0")
     if args.upsample and 2 in levels:
         raise UserError("--upsample samples the lower levels only; drop 2 from --levels (or use --continue)")
-
-    # Inputs: models, then the codes each level starts from and the length to reach.
     saved_path = args.continue_ or args.upsample
     saved = load_codes(saved_path, "--continue" if args.continue_ else "--upsample") if saved_path else None
-    released = saved.get("official") if saved else None  # continuing a run of the released models
-    if released and not args.official and not any(getattr(args, stage) for stage in STAGES):
-        args.official, args.model = released["dir"], released["model"]
-    paths, vq, vq_file, prior_files = load_models(args, levels, saved["checkpoints"] if saved else {}, args.device,
-                                                  settings.dtype)
-    codes, total_samples = starting_codes(args, vq, saved, saved_path, args.device)
-    rate, hops, batch = vq.config.sample_rate, vq.config.hop_lengths, codes[0].shape[0]
-    song_samples = saved["song_samples"] if saved and args.song_seconds is None else int(
-        (args.song_seconds or 0) * rate)
-    song_samples = max(song_samples, total_samples)
-    song = song_text(args, saved)
-    for level in levels:
-        config = prior_files[level].config
-        if config.is_top and config.lyrics == "none" and song["lyrics"]:
-            print(f"warning: the top prior ({prior_files[level].origin}) is not conditioned on lyrics; they are "
-                  "ignored (1b_lyrics and 5b_lyrics are)", file=sys.stderr)
-        if config.is_top and args.song_seconds is None and not saved:  # e.g. the 5b prior knows songs >= 60 s
-            song_samples = max(song_samples, math.ceil(config.min_duration * rate))
-        upper_missing = level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
-        if upper_missing and level + 1 not in levels:
-            raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
-        if level + 1 < len(hops) and int(settings.hop_fraction[level] * config.n_ctx) % config.upsample_factor:
-            raise UserError(f"--hop-fraction: level {level}'s window hop must be a multiple of "
-                            f"{config.upsample_factor} tokens to align with the level above; use 0.5")
-        if config.is_top and not config.min_duration * rate <= song_samples < config.max_duration * rate:
-            raise UserError(f"the top prior knows songs of {config.min_duration:g} to {config.max_duration:g} s; "
-                            f"set --song-seconds in that range")
-
-    # Outputs: codes.pt and level_L/item_i.wav in --out, written as soon as each level is complete.
-    out = args.out or (os.path.dirname(saved_path) if saved else "samples")
-    codes_path = os.path.join(out, "codes.pt")
-    if saved is None and os.path.exists(codes_path):
-        raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with "
-                        f"--continue {codes_path}")
-    os.makedirs(out, exist_ok=True)
+    if saved and saved["official"] and not args.official and not any(getattr(args, s) for s in train.STAGES):
+        args.official, args.model = saved["official"]["dir"], saved["official"]["model"]  # the released models again
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    vq, priors, paths = load_models(args, levels, saved["checkpoints"] if saved else {}, dtype)
+    codes, total_samples = starting_codes(args, vq, saved, saved_path)
+    song = song_from(args, saved, priors, vq.config.sample_rate, total_samples)
+    check_levels(priors, codes, total_samples, vq.config.hop_lengths, settings)
+    out = output_folder(args, saved, saved_path)
     mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
-    print(f"sample.py: {mode}, {batch} x {total_samples / rate:.2f} s of a {song_samples / rate:.2f} s song "
-          f"at {rate} Hz -> {out}/")
-    labels = {level: prior_labels(prior_files[level].config, song, song_samples) for level in levels}
-    print(f"  song    artist {song['artist'] or 'unknown'}, genre {song['genre'] or 'unknown'}, "
-          f"{len(song['lyrics'])} characters of lyrics")
-    print(f"  vqvae   {vq_file.path} ({vq_file.origin})")
-    for level in levels:
-        file = prior_files[level]
-        hop = int(settings.hop_fraction[level] * file.config.n_ctx)
-        print(f"  level {level} ({LEVEL_NAMES[level]}) {file.path} ({file.origin}): {codes[level].shape[1]} -> "
-              f"{total_samples // hops[level]} tokens, n_ctx {file.config.n_ctx}, window hop {hop}, "
-              f"temperature {settings.temperature[level]}, labels v{file.config.label_version}: artist "
-              f"{int(labels[level][0][0, 3])}, genres {labels[level][0][0, 4:file.config.n_labels].tolist()}"
-              + (f", {len(labels[level][1])} lyric tokens" if file.config.lyrics != "none" else ""))
-    print(f"  top_k {settings.top_k}, top_p {settings.top_p}, chunk_size {settings.chunk_size}, batch_size "
-          f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
-
-    def save(level=None):
-        save_codes(codes_path, codes, total_samples, song_samples, vq.config, {} if args.official else paths,
-                   dict(dir=args.official, model=args.model) if args.official else None, song)
-        if level is not None:
-            for i in range(0, batch, settings.batch_size):  # a few samples at a time bounds the decoder's memory
-                audio = vq.decode(codes[level][i:i + settings.batch_size], level)  # (b, T_level * hop, 1)
-                write_wavs(os.path.join(out, f"level_{level}"), audio, rate, first=i)
-            tqdm.write(f"level {level}: wrote {out}/level_{level}/item_*.wav and {codes_path}")
-
-    def prior_for(level):  # built when its level starts; the previous prior is freed by then
-        return prior_files.pop(level).build().to(args.device)
-
-    def labels_for(prior):  # the song's y at offset 0 (B, n_y) and its lyrics; sample_level moves both per window
-        y, lyrics = labels[prior.config.level]
-        return y.to(args.device).expand(batch, -1), lyrics
-
+    print_plan(args, out, mode, codes, total_samples, song, vq, priors, settings)
+    codes_path = os.path.join(out, "codes.pt")
+    state = {"codes": codes, "total_samples": total_samples, "song": dataclasses.asdict(song),
+             "vqvae": dataclasses.asdict(vq.config),  # codes mean something only with this VQ-VAE
+             "checkpoints": {} if args.official else paths,  # the defaults when this run is continued
+             "official": dict(dir=args.official, model=args.model) if args.official else None}
     generator = torch.Generator(args.device).manual_seed(args.seed)
+    hops = vq.config.hop_lengths
     try:
-        sample_levels(prior_for, codes, levels, total_samples, hops, labels_for, settings, generator=generator,
-                      on_level_done=save)
-    except KeyboardInterrupt:
-        save()  # keeps every finished window; --continue resumes from there
+        for level in sample_levels(priors, codes, total_samples, hops, song, settings, generator=generator):
+            write_level(out, vq, codes, level, settings.batch_size)
+            save_codes(codes_path, {**state, "levels_done": done_levels(codes, hops, total_samples)})
+            tqdm.write(f"level {level}: wrote {out}/level_{level}/item_*.wav and {codes_path}")
+    except KeyboardInterrupt:  # every finished window is kept; --continue resumes from there
+        save_codes(codes_path, {**state, "levels_done": done_levels(codes, hops, total_samples)})
         print(f"\ninterrupted: finished levels and windows kept in {codes_path}; resume with "
               f"`python sample.py --continue {codes_path}`", file=sys.stderr)
         return 130
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Sample music from trained Jukebox models: top prior -> upsamplers -> VQ-VAE decoder. Writes "
-                    "OUT/level_L/item_i.wav after each level (level 2 first, worth hearing already) and OUT/codes.pt "
-                    "(every level's codes, to continue or upsample later). Lists of per-level values are "
-                    "bottom,middle,top (levels 0,1,2), like the original's --hop_fraction.")
+def done_levels(codes, hops, total_samples):
+    """The levels whose codes reach total_samples, top first."""
+    return [level for level in reversed(range(len(codes))) if codes[level].shape[1] * hops[level] >= total_samples]
+
+
+def check_flags(args):
+    """Every numeric flag within its range, and the flags that need one another: one line each (UserError)."""
+    at_least = {"n": 1, "batch_size": 1, "chunk_size": 1, "top_k": 0, "seed": 0}
+    for name, least in at_least.items():
+        if getattr(args, name) < least:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {least}")
+    for name in ("seconds", "song_seconds", "prime_seconds"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < math.inf:
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be a positive number of seconds")
+    if not 0.0 <= args.top_p < 1.0:
+        raise UserError(f"--top-p {args.top_p}: must be in [0, 1) (0 = off)")
+    if args.top_k and args.top_p:
+        raise UserError("--top-k and --top-p cannot be combined (as in the original); pick one")
+    if args.model and not args.official:
+        raise UserError(f"--model {args.model} needs --official DIR, the folder of the released files")
+    if args.official and not args.model:
+        raise UserError(f"--official {args.official}: also pass --model {' | '.join(official.MODELS)}")
+    if args.prime_seconds is not None and not args.prime:
+        raise UserError("--prime-seconds needs --prime")
+    if args.upsample and args.seconds is not None:
+        raise UserError("--upsample keeps the saved length; to make a run longer use --continue with --seconds")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device {args.device}: not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is visible; use --device cpu")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Sample music with trained Jukebox models: top prior -> upsamplers "
+                                     "-> VQ-VAE decoder. Writes OUT/level_L/item_i.wav as each level completes (level 2 "
+                                     "first) and OUT/codes.pt. Per-level lists are bottom,middle,top (levels 0,1,2).")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--prime", metavar="AUDIO",
-                      help="primed mode: continue this clip (any format libsndfile reads; downmixed, resampled, cut "
-                           "to a multiple of the top hop, encoded at every level); default: ancestral, from scratch")
+    mode.add_argument("--prime", metavar="AUDIO", help="continue this clip (any format libsndfile reads; mixed to "
+                      "mono, resampled, encoded at every level); default: ancestral sampling from scratch")
     mode.add_argument("--continue", dest="continue_", metavar="CODES",
-                      help="continue mode: extend the codes.pt of an earlier run to --seconds (or finish an "
-                           "interrupted run), at every level in --levels")
-    mode.add_argument("--upsample", metavar="CODES",
-                      help="upsample mode: sample only the lower levels (1, 0) under the top-level codes of an "
-                           "earlier run (e.g. one made with --levels 2)")
+                      help="extend the codes.pt of an earlier run to --seconds, or finish an interrupted run")
+    mode.add_argument("--upsample", metavar="CODES", help="sample only levels 1, 0 under an earlier run's top codes")
     arg = parser.add_argument
-    arg("--seconds", type=float, default=None, metavar="S",
-        help="length of each sample in seconds, prime included (default 20; continue/upsample: the saved length)")
-    arg("--song-seconds", type=float, default=None, metavar="S",
-        help="length of the whole song the top prior's timing labels describe (original "
-             "--total_sample_length_in_seconds; default: --seconds, raised to the shortest song the top prior "
-             "knows, e.g. 60 s for 5b)")
-    arg("--prime-seconds", type=float, default=None, metavar="S", help="use only the first S seconds of --prime")
-    arg("--n", type=int, default=1, metavar="N",
-        help="samples to draw at once (default %(default)s; saved codes keep theirs)")
-    arg("--levels", default=None, metavar="L[,L...]",
-        help="levels to sample, e.g. 2 for the top level only (default 2,1,0; --upsample: 1,0)")
-    arg("--out", default=None, metavar="DIR",
-        help="output folder (default samples; continue/upsample: the folder of the codes file)")
-    arg("--runs", default="runs", metavar="DIR",
-        help="folder of train.py runs: checkpoints not named by the flags below are taken from "
-             "RUNS/{vqvae,top,middle,bottom} (newest ckpt_*.pt)")
-    arg("--vqvae", default=None, metavar="PATH", help="VQ-VAE checkpoint (file, or train.py run folder)")
-    arg("--top", default=None, metavar="PATH", help="level-2 prior checkpoint (file, or train.py run folder)")
-    arg("--middle", default=None, metavar="PATH", help="level-1 upsampler checkpoint (file, or run folder)")
-    arg("--bottom", default=None, metavar="PATH", help="level-0 upsampler checkpoint (file, or run folder)")
-    arg("--official", default=None, metavar="DIR",
-        help="sample with OpenAI's released models instead: DIR laid out like the download "
-             "(5b/vqvae.pth.tar, 5b/prior_level_{0,1}.pth.tar, MODEL/prior_level_2.pth.tar); needs --model")
-    arg("--model", default=None, choices=list(official.MODELS),
-        help="which released top prior: 5b, 5b_lyrics or 1b_lyrics (1b_lyrics fits a consumer GPU)")
-    arg("--artist", default=None, metavar="NAME",
-        help="artist the priors are conditioned on, looked up in the id table of each prior's label version "
-             "(unknown names become 0 with a warning naming the closest; see --list-artists); default unknown")
-    arg("--genre", default=None, metavar="NAME", help="genre, likewise (see --list-genres); default unknown")
+    arg("--seconds", type=float, metavar="S", help="length of each sample, prime included (default 20; continue, "
+        "upsample: the saved length)")
+    arg("--song-seconds", type=float, metavar="S", help="length of the song the top prior's timing labels describe "
+        "(default: --seconds, raised to the shortest song the top prior knows, e.g. 60 s for 5b)")
+    arg("--prime-seconds", type=float, metavar="S", help="use only the first S seconds of --prime")
+    arg("--n", type=int, default=1, help="samples to draw at once (default %(default)s)")
+    arg("--levels", metavar="L[,L...]", help="levels to sample, e.g. 2 for the top only (default 2,1,0)")
+    arg("--out", metavar="DIR", help="output folder (default samples; continue/upsample: the codes file's folder)")
+    arg("--runs", default="runs", metavar="DIR", help="train.py runs: RUNS/STAGE gives each checkpoint not named "
+        "below (default %(default)s)")
+    for stage in train.STAGES:
+        arg(f"--{stage}", metavar="PATH", help=f"the {stage} checkpoint (a file, or a train.py run folder)")
+    arg("--official", metavar="DIR", help="sample with OpenAI's released models, DIR laid out like the download "
+        "(5b/vqvae.pth.tar, 5b/prior_level_{0,1}.pth.tar, MODEL/prior_level_2.pth.tar); needs --model")
+    arg("--model", choices=list(official.MODELS), help="which released top prior (1b_lyrics fits a consumer GPU)")
+    arg("--artist", metavar="NAME", help="artist the priors are conditioned on (see --list-artists); unknown "
+        "names become 0 with a warning naming the closest")
+    arg("--genre", metavar="NAME", help="genre, likewise (see --list-genres)")
     lyrics = parser.add_mutually_exclusive_group()
-    lyrics.add_argument("--lyrics", default=None, metavar="FILE",
-                        help="UTF-8 text file of the lyrics, for a lyric-conditioned top prior (1b_lyrics, 5b_lyrics); "
-                             "they are assumed spread evenly over the song (--song-seconds)")
-    lyrics.add_argument("--lyrics-text", default=None, metavar="TEXT", help="the lyrics given inline instead")
-    arg("--list-artists", nargs="?", const="", default=None, metavar="QUERY",
-        help="print the artists (names like QUERY) of the id table of --model, or of the top prior, and exit")
-    arg("--list-genres", nargs="?", const="", default=None, metavar="QUERY", help="the same for genres")
-    arg("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]",
-        help="softmax temperature, one value or bottom,middle,top (default %(default)s, the original notebook's)")
-    arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes only (0 = off)")
-    arg("--top-p", type=float, default=0.0, metavar="P",
-        help="nucleus sampling: the smallest set of codes with this probability mass (0 = off)")
-    arg("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]",
-        help="window hop as a fraction of the context, bottom,middle,top (default %(default)s, as released); each "
-             "new window is primed with the rest of the context")
-    arg("--chunk-size", type=int, default=32, metavar="N", help="prime tokens per prefill step (default %(default)s)")
-    arg("--batch-size", type=int, default=16, metavar="N",
-        help="samples per prior call, bounds memory (default %(default)s)")
-    arg("--seed", type=int, default=0, metavar="N", help="random seed of the sampling (default %(default)s)")
-    arg("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-        help="compute dtype of the priors' blocks (the released sampling used float16 on GPUs); the VQ-VAE "
-             "decodes in float32 (default %(default)s)")
-    arg("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="DEV",
-        help="torch device (default cuda if available, else cpu)")
-    args = parser.parse_args(argv)
+    lyrics.add_argument("--lyrics", metavar="FILE", help="UTF-8 lyrics for a lyric-conditioned top prior, assumed "
+                        "spread evenly over the song")
+    lyrics.add_argument("--lyrics-text", metavar="TEXT", help="the lyrics given inline instead")
+    arg("--list-artists", nargs="?", const="", metavar="QUERY", help="print the artists (like QUERY) of the id "
+        "table of --model or of the top prior, and exit")
+    arg("--list-genres", nargs="?", const="", metavar="QUERY", help="the same for genres")
+    arg("--temperature", default="0.99,0.99,0.98", metavar="T[,T,T]", help="softmax temperature, one value or "
+        "bottom,middle,top (default %(default)s, the original notebook's)")
+    arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes (default 0 = off)")
+    arg("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling mass (default 0 = off)")
+    arg("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]", help="window hop / context, bottom,middle,"
+        "top (default %(default)s, as released); each new window is primed with the rest")
+    arg("--chunk-size", type=int, default=32, help="prime tokens per prefill step (default %(default)s)")
+    arg("--batch-size", type=int, default=16, help="samples per prior call, bounds memory (default %(default)s)")
+    arg("--seed", type=int, default=0, help="random seed of the sampling (default %(default)s)")
+    arg("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="precision of the priors' "
+        "transformer blocks (released sampling: float16); the rest stays float32 (default %(default)s)")
+    arg("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default %(default)s)")
+    arg("--compile", action="store_true", help="torch.compile each sampling step (CUDA graphs on a GPU); eager "
+        "with a warning where no compiler works; the first steps of each level pay for the compilation")
+    return parser
+
+
+def compiler_works(device):
+    """Whether torch.compile can build a kernel here (inductor needs a C++ compiler on CPU, Triton on GPU)."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=device))
+        return True
+    except Exception as e:  # any failure of the compiler stack means: not here
+        print(f"warning: --compile: torch.compile does not work here ({type(e).__name__}); sampling in eager mode",
+              file=sys.stderr)
+        return False
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         if args.list_artists is not None or args.list_genres is not None:
             if args.list_artists is not None:
                 return list_names(args, "artist", args.list_artists)
             return list_names(args, "genre", args.list_genres)
-        if args.model and not args.official:
-            raise UserError(f"--model {args.model} needs --official DIR, the folder of the released files")
-        if args.n < 1 or args.batch_size < 1 or args.chunk_size < 1:
-            raise UserError("--n, --batch-size and --chunk-size must be at least 1")
-        if args.seconds is not None and args.seconds <= 0:
-            raise UserError(f"--seconds {args.seconds}: must be positive")
-        if args.prime_seconds is not None and not args.prime:
-            raise UserError("--prime-seconds needs --prime")
-        if args.official and not args.model:
-            raise UserError(f"--official {args.official}: also pass --model {' | '.join(official.MODELS)}")
-        if args.upsample and args.seconds is not None:
-            raise UserError("--upsample keeps the saved length; to make a run longer use --continue with --seconds")
+        check_flags(args)
+        args.compile = args.compile and compiler_works(args.device)
         return run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

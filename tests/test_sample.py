@@ -12,6 +12,7 @@ import data
 import official
 import prior
 import sample
+import train
 import test_official  # its writer of official-format files: our keys -> the original's, Hyperparams in the pickle
 import vqvae
 
@@ -21,58 +22,58 @@ K = 10_000  # the dummy's "codebook": large, so that token values name their abs
 class DummyPrior:
     """Has the Prior.sample signature; emits token = absolute position mod K and records every call.
 
-    It learns where its window starts from the label offset y[:, 1] (raw samples), as a real top prior does.
+    It learns where its window starts from the label offset (raw samples), as a real top prior does.
     """
 
-    def __init__(self, n_ctx, samples_per_token):
-        self.config = types.SimpleNamespace(n_ctx=n_ctx)
-        self.samples_per_token = samples_per_token
+    def __init__(self, n_ctx, level=0, hop_lengths=(1,), **config):
+        self.config = prior.PriorConfig(level=level, n_ctx=n_ctx, hop_lengths=hop_lengths, min_duration=0.0,
+                                        **config)
         self.calls = []
 
-    def sample(self, n, y, upper=None, prime=None, sample_tokens=None, temperature=1.0, top_k=0, top_p=0.0,
-               chunk_size=32, generator=None, dtype=None, progress=None):
-        start = int(y[0, 1]) // self.samples_per_token
+    def build(self):  # sample_levels builds each level's prior when its turn comes
+        return self
+
+    def sample(self, y, upper=None, prime=None, length=None, sampling=None, generator=None, progress=None):
+        start = int(y[0, prior.OFFSET]) // self.config.hop_length
         primed = 0 if prime is None else prime.shape[1]
-        assert 0 <= primed < sample_tokens <= self.config.n_ctx
-        self.calls.append(dict(start=start, prime=prime, sample_tokens=sample_tokens, upper=upper, y=y.clone()))
-        new = ((start + torch.arange(primed, sample_tokens)) % K).expand(n, -1)  # (n, sample_tokens - primed)
+        assert 0 <= primed < length <= self.config.n_ctx and isinstance(sampling, prior.Sampling)
+        self.calls.append(dict(start=start, prime=prime, length=length, upper=upper, y=y.clone()))
+        new = ((start + torch.arange(primed, length)) % K).expand(len(y), -1)  # (n, length - primed)
         if progress is not None:
             progress(new.numel())  # all at once; Prior.sample tells n after each position
         return new if prime is None else torch.cat([prime, new], dim=1)
 
 
-def labels(batch):
-    return lambda model: (torch.tensor([[10_000_000, 0, 0, 0, -1]]).expand(batch, -1), [])  # (y, lyric tokens)
+SONG = sample.Song(samples=10_000_000)
 
 
 def run_levels(total_samples, n_ctx=(64, 64, 32), hop_lengths=(2, 8, 32), prime=None, batch=2, levels=(2, 1, 0),
                settings=None):
-    priors = {level: DummyPrior(n_ctx[level], hop_lengths[level]) for level in range(3)}
+    priors = {level: DummyPrior(n_ctx[level], level, hop_lengths) for level in levels}
     codes = [torch.zeros(batch, 0, dtype=torch.long) for _ in range(3)] if prime is None else prime
-    done = []
-    sample.sample_levels(priors.__getitem__, codes, levels, total_samples, hop_lengths, labels(batch),
-                         settings or sample.Settings(batch_size=1), on_level_done=done.append)
+    done = list(sample.sample_levels(priors, codes, total_samples, hop_lengths, SONG,
+                                     settings or sample.Settings(batch_size=1)))
     return codes, priors, done
 
 
 @pytest.mark.parametrize("total", [1, 31, 32, 33, 64, 65, 100, 1000, 1001])
 @pytest.mark.parametrize("n_ctx,hop_fraction", [(32, 0.125), (32, 0.5), (16, 1.0), (48, 0.3)])
 def test_windows_cover_every_token_once(total, n_ctx, hop_fraction):
-    dummy = DummyPrior(n_ctx, samples_per_token=1)
+    dummy = DummyPrior(n_ctx)
     codes = [torch.zeros(3, 0, dtype=torch.long)]
     settings = sample.Settings(hop_fraction=(hop_fraction,), batch_size=2)
     told = []
-    sample.sample_level(dummy, codes, 0, total, 1, labels(3)(dummy)[0], settings, progress=told.append)
+    sample.sample_level(dummy, codes, 0, total, SONG, settings, progress=told.append)
     assert torch.equal(codes[0], (torch.arange(total) % K).expand(3, -1))  # exact, no gap, nothing shifted
     assert sum(told) == 3 * total  # every sampled token of every sample, once
     calls = dummy.calls[::2]  # two calls per window: batch 3 in pieces of 2
-    assert sum(c["sample_tokens"] - (0 if c["prime"] is None else c["prime"].shape[1]) for c in calls) == total
+    assert sum(c["length"] - (0 if c["prime"] is None else c["prime"].shape[1]) for c in calls) == total
     assert calls[0]["prime"] is None  # the first window is ancestral
     for c in calls[1:]:  # later windows are primed with exactly the tokens they overlap (none if hop = n_ctx)
         primed = 0 if c["prime"] is None else c["prime"].shape[1]
         assert primed > 0 or hop_fraction == 1.0
         assert primed == 0 or torch.equal(c["prime"][0], torch.arange(c["start"], c["start"] + primed) % K)
-        assert c["sample_tokens"] == n_ctx
+        assert c["length"] == n_ctx
     if total >= n_ctx:
         hop = int(hop_fraction * n_ctx)
         starts = [c["start"] for c in calls]
@@ -89,9 +90,9 @@ def test_released_window_starts():
 def test_labels_per_window():
     codes, priors, _ = run_levels(total_samples=32 * 200, levels=(2,))
     for c in priors[2].calls:
-        assert int(c["y"][0, 1]) == c["start"] * 32  # offset in raw samples
-        assert int(c["y"][0, 2]) == 32 * 32  # the prior's window length in raw samples
-        assert int(c["y"][0, 0]) == 10_000_000  # total length untouched
+        assert int(c["y"][0, prior.OFFSET]) == c["start"] * 32  # offset in raw samples
+        assert int(c["y"][0, prior.LENGTH]) == 32 * 32  # the prior's window length in raw samples
+        assert int(c["y"][0, prior.TOTAL]) == 10_000_000  # total length untouched
 
 
 def test_upsampler_windows_get_exactly_the_codes_above():
@@ -102,7 +103,7 @@ def test_upsampler_windows_get_exactly_the_codes_above():
     assert all(c["upper"] is None for c in priors[2].calls)
     for level in (1, 0):
         for c in priors[level].calls:
-            end = c["start"] + c["sample_tokens"]
+            end = c["start"] + c["length"]
             assert c["start"] % 4 == 0 and end % 4 == 0
             assert torch.equal(c["upper"], codes[level + 1][:1, c["start"] // 4:end // 4])
 
@@ -127,7 +128,7 @@ def test_partial_window_with_prime():
     codes, priors, _ = run_levels(total_samples=32 * 3, prime=[p.clone() for p in prime], batch=1)
     for level, total in enumerate((48, 12, 3)):
         assert codes[level].shape == (1, total)
-        assert len(priors[level].calls) == 1 and priors[level].calls[0]["sample_tokens"] == total
+        assert len(priors[level].calls) == 1 and priors[level].calls[0]["length"] == total
         assert torch.equal(priors[level].calls[0]["prime"], prime[level]) and codes[level][0, -1] == total - 1
 
 
@@ -137,13 +138,13 @@ def test_continue_skips_full_windows():
     more = [codes[0], codes[1], codes[2].clone()]
     codes2, priors2, _ = run_levels(total_samples=32 * 120, prime=more, levels=(2,))
     assert torch.equal(codes2[2], (torch.arange(120) % K).expand(2, -1))
-    assert all(c["start"] + c["sample_tokens"] > 50 for c in priors2[2].calls) and first > 0
+    assert all(c["start"] + c["length"] > 50 for c in priors2[2].calls) and first > 0
 
 
 # ---- end to end with tiny random models, through the command line ---------------------------------------
 
 def save_checkpoint(path, stage, config, model):
-    """The train.py checkpoint format (CONTRACTS.md)."""
+    """A checkpoint in train.py's format (what build_model and read_checkpoint read)."""
     torch.save({"stage": stage, "step": 0, "config": dataclasses.asdict(config), "model": model.state_dict(),
                 "ema": None, "optimizer": {}, "scaler": {}, "rng": [], "data_position": 0}, path)
 
@@ -191,7 +192,7 @@ def test_primed_run_writes_every_level(models, tmp_path, capsys):
             assert rate == 44100 and audio.shape == (total,)
     saved = torch.load(out / "codes.pt", weights_only=True)
     assert saved["levels_done"] == [2, 1, 0] and saved["total_samples"] == total
-    vq = sample.build_model(torch.load(paths["vqvae"], weights_only=True), vqvae.VQVAE, vqvae.VQVAEConfig)
+    vq = train.build_model(torch.load(paths["vqvae"], weights_only=True))
     audio = data.load_audio(prime, 44100)
     expected = vq.encode(torch.from_numpy(audio[:len(audio) // 128 * 128]).view(1, -1, 1))
     for level, hop in enumerate((8, 32, 128)):
@@ -317,7 +318,7 @@ def test_song_length_defaults_to_what_the_top_prior_knows(models, tmp_path, caps
     argv = ["--seconds", 0.03, "--levels", 2, "--runs", runs, "--top", tmp_path / "top.pt"]
     code, err = run_cli(argv + ["--out", tmp_path / "a"], capsys)
     assert code == 0, err
-    assert torch.load(tmp_path / "a" / "codes.pt", weights_only=True)["song_samples"] == 44100
+    assert torch.load(tmp_path / "a" / "codes.pt", weights_only=True)["song"]["samples"] == 44100
     expect_user_error(argv + ["--out", tmp_path / "b", "--song-seconds", 0.5], capsys, "--song-seconds")
 
 
@@ -404,29 +405,32 @@ def test_official_missing_file_names_its_url(release, tmp_path, capsys):
     expect_user_error(["--official", release, "--model", "1b_lyrics", "--top", "x.pt"], capsys, "--official")
 
 
-# ---- artist, genre and lyrics (issue 8) ------------------------------------------------------------------
+# ---- artist, genre and lyrics -----------------------------------------------------------------------------
 
 def test_lyric_window_follows_every_sampling_window():
-    tokens, n = list(range(1, 201)), 8  # 200 characters of lyrics, 8 per window
-    dummy = DummyPrior(n_ctx=32, samples_per_token=4)
-    dummy.config.lyrics, dummy.config.n_lyric_tokens = "merged", n
-    y = torch.tensor([[400, 0, 0, 0, -1] + [0] * n])  # a 400-sample song: 100 tokens of this level
-    sample.sample_level(dummy, [torch.zeros(1, 0, dtype=torch.long)], 0, 100, 4, y,
-                        sample.Settings(hop_fraction=(0.25,)), lyrics=tokens)
+    text = "".join(chr(ord("a") + i % 26) for i in range(200))  # 200 characters of lyrics, 8 per window
+    n = 8
+    dummy = DummyPrior(n_ctx=32, hop_lengths=(4,), lyrics="merged", n_lyric_tokens=n, label_version=3,
+                       max_genres=1, n_genres=604, n_artists=7898)
+    tokens = data.tokenize_lyrics(text, 3)
+    song = sample.Song(lyrics=text, samples=400)  # a 400-sample song: 100 tokens of this level
+    sample.sample_level(dummy, [torch.zeros(1, 0, dtype=torch.long)], 0, 100, song,
+                        sample.Settings(hop_fraction=(0.25,)))
+    assert len(tokens) == 200
     windows = [c["y"][0, -n:].tolist() for c in dummy.calls]
-    firsts = [window[0] for window in windows]
-    assert len(windows) > 3 and firsts == sorted(set(firsts))  # the lyrics move on with every window
     for c, window in zip(dummy.calls, windows):  # centred on each window's middle, as in training
-        assert window == data.lyric_window(tokens, n, 400, c["start"] * 4, 32 * 4)[0]
+        assert window == prior.lyric_window(tokens, n, 400, c["start"] * 4, 32 * 4)[0]
+    firsts = [prior.lyric_window(tokens, n, 400, c["start"] * 4, 32 * 4)[1][0] for c in dummy.calls]
+    assert len(windows) > 3 and firsts == sorted(set(firsts))  # the lyrics move on with every window
 
 
 def test_artist_genre_lyrics_reach_every_window(release, tmp_path, capsys, monkeypatch):
     seen = []
     real_sample = prior.Prior.sample
 
-    def spy(self, n, y, *args, **kwargs):
+    def spy(self, y, *args, **kwargs):
         seen.append((self.config, y.clone()))
-        return real_sample(self, n, y, *args, **kwargs)
+        return real_sample(self, y, *args, **kwargs)
 
     monkeypatch.setattr(prior.Prior, "sample", spy)
     lyrics = tmp_path / "lyrics.txt"
@@ -438,10 +442,10 @@ def test_artist_genre_lyrics_reach_every_window(release, tmp_path, capsys, monke
     assert code == 0, err
     tokens = data.tokenize_lyrics(lyrics.read_text(), 3)
     assert len(seen) > 3  # several top windows (68 tokens, n_ctx 48, hop 6)
-    song = torch.load(out / "codes.pt", weights_only=True)["song_samples"]
-    for config, y in seen:  # v3 ids (FACTS §8) and the lyric window of each window
+    song = torch.load(out / "codes.pt", weights_only=True)["song"]["samples"]
+    for config, y in seen:  # v3 ids (the HF port's test values) and the lyric window of each window
         assert (int(y[0, 3]), int(y[0, 4])) == (7169, 507)
-        assert y[0, config.n_labels:].tolist() == data.lyric_window(tokens, 16, song, int(y[0, 1]), int(y[0, 2]))[0]
+        assert y[0, config.n_labels:].tolist() == prior.lyric_window(tokens, 16, song, int(y[0, 1]), int(y[0, 2]))[0]
     assert seen[0][1][0, -16:].tolist() != seen[-1][1][0, -16:].tolist()
     seen.clear()
     code, err = run_cli(["--upsample", out / "codes.pt", "--levels", 1], capsys)  # the stored song is kept
@@ -451,8 +455,8 @@ def test_artist_genre_lyrics_reach_every_window(release, tmp_path, capsys, monke
 
 def test_unknown_artist_warns_with_the_closest_names(capsys):
     config = prior.preset("tiny", level=2)
-    y, lyrics = sample.prior_labels(config, {"artist": "Zac Brwn Bnd", "genre": None, "lyrics": "la"}, 44100)
-    assert int(y[0, 3]) == 0 and lyrics == []  # a prior without lyrics gets none
+    artist, genres, lyrics = sample.song_ids(config, sample.Song(artist="Zac Brwn Bnd", lyrics="la", samples=44100))
+    assert artist == 0 and lyrics == []  # a prior without lyrics gets none
     err = capsys.readouterr().err
     assert err.startswith("warning: artist 'Zac Brwn Bnd'") and "zac_brown_band" in err and err.count("\n") == 1
 
