@@ -544,11 +544,11 @@ def check_pair(prior_config, vqvae_config, trained_on, path, flag):
         ours, theirs = getattr(prior_config, field), getattr(vqvae_config, field)
         if ours != theirs:
             raise UserError(f"{flag} {path}: the prior has {field} {ours} but the VQ-VAE has {theirs}; pass the "
-                            "VQ-VAE this prior was trained with")
+                            "--vqvae this prior was trained with")
     differ = [k for k, v in dataclasses.asdict(vqvae_config).items() if trained_on and trained_on.get(k) != v]
     if differ:  # one config field is enough to refuse
         raise UserError(f"{flag} {path}: this prior was trained on another VQ-VAE (config differs in "
-                        f"{', '.join(differ[:4])}); pass the VQ-VAE it was trained with")
+                        f"{', '.join(differ[:4])}); pass the --vqvae it was trained with")
 
 
 def save_checkpoint(ckpt, folder, keep):
