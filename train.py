@@ -207,7 +207,7 @@ class VQVAEStage:
         try:
             cfg = vqvae.VQVAEConfig(**ckpt["config"]) if ckpt else vqvae.preset(args.preset)
         except ValueError as e:  # an unknown name
-            raise UserError(f"--preset: {e}") from None  # an unknown name
+            raise UserError(f"--preset: {e}") from None
         shortest = max(cfg.stft_n_fft + (vqvae.DEFAULT_STFT[0],)) // 2 + 1  # the STFTs reflect-pad by n_fft / 2
         if args.sample_length % cfg.hop_lengths[-1] or args.sample_length < shortest:
             raise UserError(f"--sample-length {args.sample_length}: must be a multiple of {cfg.hop_lengths[-1]} and "
@@ -221,7 +221,7 @@ class VQVAEStage:
             cfg = dataclasses.replace(cfg, bandwidth_l2=bandwidth["l2"], bandwidth_spec=bandwidth["spec"])
         self.config, self.model, self.extra = cfg, vqvae.VQVAE(cfg).to(device), {}  # extra: more checkpoint keys
 
-    def inputs(self, batch, device):  # (B, T, 1) audio of the window
+    def inputs(self, batch, device):  # a batch of windows -> the arguments of the model's forward
         return (batch["audio"].to(device),)  # (B, T, 1)
 
     def listen(self, model, inputs, prefix, step):  # the batch's first window and its reconstruction by each level

@@ -290,6 +290,10 @@ def test_fsdp_equals_ddp_and_resumes_exactly(parallel_runs):
     assert metrics(root / "fsdp_resumed")[0]["loss"] == metrics(root / "fsdp")[1]["loss"]
     for k, state in fsdp["optimizer"]["state"].items():
         assert all(torch.equal(v, again["optimizer"]["state"][k][n]) for n, v in state.items()), k
+    as_ddp = torchrun(*args, "--out", root / "ddp_resumed", "--codes", root / "codes_fsdp",  # and back to DDP
+                      "--resume", root / "fsdp" / "ckpt_0000001.pt")
+    assert as_ddp.returncode == 0, as_ddp.stderr[-3000:]
+    assert_same_state(ddp, load(root / "ddp_resumed" / "ckpt_0000002.pt"), atol=1e-5)
 
 
 def test_two_process_vqvae_keeps_codebooks_in_sync(toy_data, tmp_path):
