@@ -142,8 +142,14 @@ def make_toy(folder, n=8, seconds=10.0, sample_rate=44100, seed=0):
     return paths
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # a mistyped flag is a user error like any other: one line, exit code 2
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="toy.py", description="Write procedurally generated toy songs (wav + json).")
+    p = Parser(prog="toy.py", description="Write procedurally generated toy songs (wav + json).")
     p.add_argument("folder", help="output folder (created if missing)")
     p.add_argument("--n", type=int, default=8, help="number of songs, 1 .. 100000 (default 8)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each song, 0.01 .. 3600 s (default 10)")

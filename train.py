@@ -357,8 +357,8 @@ class Run:
         print(f"train: {json.dumps(run_config | {k: getattr(args, k) for k in sorted(RESUMABLE - {'resume'})})}\n"
               f"model: {json.dumps(dataclasses.asdict(self.stage.config))}")
         print(f"data: {len(songs.paths)} songs, {songs.lengths.sum() / self.stage.config.sample_rate / 3600:.2f} h, "
-              f"{len(songs)} windows; left out {songs.dropped_short} too short, {songs.dropped_long} too long")
-        print(f"run: {self.world} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
+              f"{len(songs)} windows; left out {songs.dropped_short} too short, {songs.dropped_long} too long\n"
+              f"run: {self.world} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
               f"{args.batch_size} | {sum(p.numel() for p in self.model.parameters()):,} parameters | {self.device}"
               f"{' | fsdp' * args.fsdp} | {'resuming at' if self.start_step else 'starting at'} step {self.start_step}")
 
@@ -463,10 +463,9 @@ class Run:
     def save(self, step, run_config):
         """A checkpoint: every rank takes part (the RNG states, the gathers), rank 0 writes it atomically."""
         cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
-        rng = {"cpu": torch.get_rng_state(), "cuda": cuda}
-        rngs = [rng] * self.world  # every rank's random stream, for an exact resume
+        rngs = [{"cpu": torch.get_rng_state(), "cuda": cuda}] * self.world  # every rank's stream, for an exact resume
         if self.world > 1:
-            dist.all_gather_object(rngs, rng)
+            dist.all_gather_object(rngs, rngs[0])
         if self.world > 1 and not self.args.fsdp:  # a cheap guard against replicas drifting apart
             fingerprint = torch.stack([t.detach().double().sum() for t in self.model.state_dict().values()])
             prints = [torch.zeros_like(fingerprint) for _ in range(self.world)]  # one slot per rank
