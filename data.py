@@ -352,6 +352,15 @@ def _lookup(name, kind, version):
     return 0
 
 
+def names_like(kind, version, query=""):  # [(id, name)]: the whole table, or names containing QUERY, then the closest
+    table = load_ids(kind, version)
+    if not query:
+        return list(table.items())
+    key = normalize_name(query, version)
+    names = sorted((name for name in table if key in name), key=lambda name: (len(name), name))
+    return [(table[n], n) for n in names + [n for n in closest_names(query, kind, version, n=10) if n not in names]]
+
+
 def artist_id(name, version):  # the artist's id in the version's table, 0 (unknown) with a warning if absent
     return _lookup(name, "artist", version)
 

@@ -54,19 +54,14 @@ class Song:
 
 # ---- 1. one level, window by window ---------------------------------------------------------------------
 
-def window_starts(total, n_ctx, hop):
-    """First token of each n_ctx-token window over `total` tokens, `hop` apart, the last ending at `total`."""
-    # jukebox: get_starts -- range(0, total - n_ctx + hop, hop) with the last start moved back to total - n_ctx,
-    # so the last window overlaps its predecessor by more than the usual n_ctx - hop tokens.
-    return [min(start, total - n_ctx) for start in range(0, total - n_ctx + hop, hop)]
-
-
 def windows(total, n_ctx, hop):
-    """(start, end) token ranges that cover [0, total); one partial window when total < n_ctx."""
+    """(start, end) token ranges of n_ctx tokens, `hop` apart, that cover [0, total); one shorter window when
+    total < n_ctx (jukebox: sample_partial_window)."""
     assert 1 <= hop <= n_ctx, f"window hop {hop} must be in [1, n_ctx={n_ctx}]"
-    if total <= n_ctx:
-        return [(0, total)]  # jukebox: sample_partial_window -- a single window shorter than the context
-    return [(start, start + n_ctx) for start in window_starts(total, n_ctx, hop)]
+    # jukebox: get_starts -- range(0, total - n_ctx + hop, hop) with the last start moved back to total - n_ctx,
+    # so the last window overlaps its predecessor by more than the usual n_ctx - hop tokens
+    starts = [min(start, total - n_ctx) for start in range(0, total - n_ctx + hop, hop)] if total > n_ctx else [0]
+    return [(start, min(total, start + n_ctx)) for start in starts]
 
 
 def song_ids(config, song):
@@ -149,74 +144,59 @@ def sample_levels(priors, codes, total_samples, hop_lengths, song, settings, gen
 
 @dataclasses.dataclass
 class PriorFile:
-    """A prior whose file is checked but not read in full: built when its level starts (memory-mapped until
-    then), in the compute precision asked for, on the device asked for."""
+    """A prior whose file is checked but not read in full: built (from its memory-mapped checkpoint, or the
+    released file) when its level starts, with its blocks in `dtype`, on `device`, compiled if asked."""
     path: str
-    config: object  # its PriorConfig
+    config: PriorConfig
     origin: str  # "step N" of a train.py run, or "released NAME"
-    checkpoint: dict = None  # a train.py checkpoint; None: a released file, read with official.load_prior
-    release: str = None  # the released hyperparameter set of a released file
-    dtype: torch.dtype = None  # half precision of the blocks (Prior.half_blocks), None = float32
+    checkpoint: dict = None  # a train.py checkpoint; None: the released file of the hyperparameters `release`
+    release: str = None
+    dtype: torch.dtype = torch.float32
     device: str = "cpu"
-    compile: bool = False  # run each new position through torch.compile (Prior.compile_step)
+    compile: bool = False
 
     def build(self):
-        if self.checkpoint is None:
-            model = official.load_prior(self.path, self.release, dtype=self.dtype or torch.float32)
-        else:
-            model = train.build_model(self.checkpoint)
-            if self.dtype is not None:
-                model.half_blocks(self.dtype)
-        model = model.to(self.device)
+        model = (official.load_prior(self.path, self.release, dtype=self.dtype) if self.checkpoint is None
+                 else train.build_model(self.checkpoint).half_blocks(self.dtype)).to(self.device)
         if self.compile:  # on CUDA the compiled step is replayed as a CUDA graph
             model.compile_step("reduce-overhead" if torch.device(self.device).type == "cuda" else None)
         return model
 
 
 def checkpoint_paths(args, stored):
-    """stage -> checkpoint file for every stage given: a flag, else the codes file being continued, else the
-    newest checkpoint in --runs/STAGE."""
-    paths = {}
-    for stage in train.STAGES:
-        path = getattr(args, stage) or stored.get(stage)
-        if path is None and os.path.isdir(os.path.join(args.runs, stage)):
-            path = os.path.join(args.runs, stage)
-        if path is not None:
-            paths[stage] = train.find_checkpoint(path, stage, f"--{stage}")
-    return paths
+    """stage -> checkpoint file: its flag, else the one of the run being continued, else the newest in RUNS/STAGE."""
+    paths = {stage: getattr(args, stage) or stored.get(stage) for stage in train.STAGES}
+    paths = {stage: path or os.path.join(args.runs, stage) for stage, path in paths.items()}
+    return {stage: train.find_checkpoint(path, stage, f"--{stage}") for stage, path in paths.items()
+            if getattr(args, stage) or stored.get(stage) or os.path.isdir(path)}
 
 
-def load_models(args, levels, stored, dtype):
+def load_models(args, levels, stored):
     """(the VQ-VAE, level -> PriorFile, stage -> path) from --official or from train.py checkpoints. Every file
     is checked now, so that a bad bottom prior fails before hours of top-level sampling."""
     if args.official:
         if any(getattr(args, stage) for stage in train.STAGES):
             raise UserError("--official cannot be combined with --vqvae/--top/--middle/--bottom; use one or the other")
         files = official.release_files(args.official, args.model)  # every file there, or the first missing one's URL
-        priors = {level: PriorFile(files[level][0], official.prior_config(files[level][1]),
-                                   f"released {files[level][1]}", release=files[level][1]) for level in levels}
-        vq, paths = official.load_vqvae(files["vqvae"][0]), {"vqvae": files["vqvae"][0]}
+        priors = {level: PriorFile(path, official.prior_config(name), f"released {name}", release=name)
+                  for level, (path, name) in files.items() if level in levels}
+        vq, paths = official.load_vqvae(files["vqvae"][0]), {}
     else:
-        paths = checkpoint_paths(args, stored)
-        if not paths:
-            raise UserError(f"no trained models found (no --vqvae/--top/--middle/--bottom, nothing in {args.runs}/); "
-                            "train them with the CPU recipe in the README, or point at the released weights with "
-                            "--official DIR --model NAME")
-        if "vqvae" not in paths:
-            raise UserError(f"no VQ-VAE checkpoint (nothing in {os.path.join(args.runs, 'vqvae')}); pass --vqvae "
-                            "PATH, a checkpoint written by `train.py --stage vqvae`")
-        vq, priors = train.load_vqvae(paths["vqvae"]), {}
+        paths, priors = checkpoint_paths(args, stored), {}
+        for stage in ["vqvae"] + [LEVEL_STAGE[level] for level in levels]:
+            if stage not in paths:
+                raise UserError(f"no {stage} checkpoint (nothing in {os.path.join(args.runs, stage)}); pass --{stage} "
+                                "PATH, train the models with the CPU recipe in the README, or sample with the "
+                                "released weights: --official DIR --model NAME")
+        vq = train.load_vqvae(paths["vqvae"])
         for level in levels:
             stage = LEVEL_STAGE[level]
-            if stage not in paths:
-                raise UserError(f"no {stage} prior checkpoint (nothing in {os.path.join(args.runs, stage)}); pass "
-                                f"--{stage} PATH, or leave level {level} out with --levels")
             ckpt = train.read_checkpoint(paths[stage], stage, f"--{stage}")
             config = PriorConfig(**ckpt["config"])
             train.check_pair(config, vq.config, ckpt.get("vqvae_config"), paths[stage], f"--{stage}")
             priors[level] = PriorFile(paths[stage], config, f"step {ckpt['step']}", checkpoint=ckpt)
     for file in priors.values():
-        file.dtype, file.device, file.compile = dtype, args.device, args.compile
+        file.dtype, file.device, file.compile = getattr(torch, args.dtype), args.device, args.compile
     return vq.to(args.device).eval(), priors, paths
 
 
@@ -230,40 +210,39 @@ def load_prime(path, vq, total_samples, prime_seconds=None):
     rate, top_hop = vq.config.sample_rate, vq.config.hop_lengths[-1]
     if not os.path.isfile(path):
         raise UserError(f"--prime {path}: no such file; check the path")
-    length = None if prime_seconds is None else int(prime_seconds * rate)
-    audio = data.load_audio(path, rate, length=length)  # (S,) float32, mono, resampled to the VQ-VAE's rate
-    if len(audio) == 0:
-        raise UserError(f"--prime {path}: the file holds no audio (0 samples); pass a clip with sound")
-    if len(audio) < top_hop:
-        raise UserError(f"--prime {path}: {len(audio) / rate:.4f} s is shorter than one top-level code "
-                        f"({top_hop / rate:.4f} s); pass a longer clip")
+    audio = data.load_audio(path, rate, length=None if prime_seconds is None else int(prime_seconds * rate))  # (S,)
+    if len(audio) < top_hop:  # nothing to encode at the top level
+        raise UserError(f"--prime {path}: " + ("the file holds no audio" if not len(audio) else f"{len(audio) / rate:.4f}"
+                        f" s is shorter than one top-level code ({top_hop / rate:.4f} s)") + "; pass a longer clip")
     audio = audio[:len(audio) // top_hop * top_hop]  # jukebox: the prompt is floored to a multiple of the top hop
-    peak = float(abs(audio).max())
-    if peak < 1e-4:  # below -80 dBFS: nothing for the priors to continue
-        raise UserError(f"--prime {path}: the clip is silent (peak {peak:.1e}); pass a clip with sound")
+    if abs(audio).max() < 1e-4:  # below -80 dBFS: nothing for the priors to continue
+        raise UserError(f"--prime {path}: the clip is silent (peak {abs(audio).max():.1e}); pass a clip with sound")
     if len(audio) >= total_samples:
         raise UserError(f"--prime {path}: the prime is {len(audio) / rate:.2f} s but --seconds asks for "
                         f"{total_samples / rate:.2f} s in all; raise --seconds or cut the prime with --prime-seconds")
     return torch.from_numpy(audio).view(1, -1, 1)  # (S,) -> (1, S, 1)
 
 
-def save_codes(path, state):
-    """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically."""
-    torch.save({"format": CODES_FORMAT, **state, "codes": [c.cpu() for c in state["codes"]]}, path + ".tmp")
+def save_codes(path, state, hops):
+    """Write the codes of a run (plain tensors and numbers, loadable with weights_only) atomically, with the
+    levels complete to the length asked for (top first)."""
+    codes, total = state["codes"], state["total_samples"]
+    done = [level for level in reversed(range(len(codes))) if codes[level].shape[1] * hops[level] >= total]
+    torch.save({**state, "format": CODES_FORMAT, "codes": [c.cpu() for c in codes], "levels_done": done}, path + ".tmp")
     os.replace(path + ".tmp", path)  # an interrupted save leaves the previous file intact
 
 
 def load_codes(path, flag):
     """A codes file written by save_codes."""
+    fix = "pass the codes.pt of an earlier sample.py run"
     if not os.path.isfile(path):
-        raise UserError(f"{flag} {path}: no such file; pass the codes.pt of an earlier sample.py run")
+        raise UserError(f"{flag} {path}: no such file; {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding objects beyond plain data
-        raise UserError(f"{flag} {path}: not a readable codes file ({type(e).__name__}); "
-                        "pass the codes.pt of an earlier sample.py run") from None
+        raise UserError(f"{flag} {path}: not a readable codes file ({type(e).__name__}); {fix}") from None
     if not isinstance(state, dict) or state.get("format") != CODES_FORMAT:
-        raise UserError(f"{flag} {path}: not a sample.py codes file; pass the codes.pt of an earlier sample.py run")
+        raise UserError(f"{flag} {path}: not a sample.py codes file; {fix}")
     return state
 
 
@@ -278,8 +257,7 @@ def starting_codes(args, vq, saved, saved_path):
         if saved["vqvae"] != dataclasses.asdict(vq.config):
             raise UserError(f"{saved_path}: these codes were made with another VQ-VAE than the one given; pass the "
                             "--vqvae of that run")
-        codes = [c.to(args.device) for c in saved["codes"]]
-        total_samples = asked or saved["total_samples"]
+        codes, total_samples = [c.to(args.device) for c in saved["codes"]], asked or saved["total_samples"]
         have = max(c.shape[1] * hop for c, hop in zip(codes, hops))
         if total_samples < have:
             raise UserError(f"{saved_path} already holds {have / rate:.2f} s; ask for at least that with --seconds")
@@ -287,41 +265,39 @@ def starting_codes(args, vq, saved, saved_path):
             raise UserError(f"--upsample {saved_path}: its top level is not complete; finish it with --continue")
         return codes, total_samples
     total_samples = asked or int(20.0 * rate) // hops[-1] * hops[-1]
-    codes = [torch.zeros(args.n, 0, dtype=torch.long, device=args.device) for _ in hops]
-    if args.prime:
-        audio = load_prime(args.prime, vq, total_samples, args.prime_seconds).to(args.device)  # (1, S, 1)
-        # jukebox: the prime is encoded at every level, and every level's first window is primed with its codes
-        codes = [c.expand(args.n, -1).clone() for c in vq.encode(audio)]  # [(B, S / hop)] per level
-    return codes, total_samples
+    if not args.prime:
+        return [torch.zeros(args.n, 0, dtype=torch.long, device=args.device) for _ in hops], total_samples
+    audio = load_prime(args.prime, vq, total_samples, args.prime_seconds).to(args.device)  # (1, S, 1)
+    # jukebox: the prime is encoded at every level, and every level's first window is primed with its codes
+    return [c.expand(args.n, -1).clone() for c in vq.encode(audio)], total_samples  # [(B, S / hop)] per level
 
 
 def song_from(args, saved, priors, rate, total_samples):
     """The Song: the flags, else those of the run being continued; its length is --song-seconds, else the
     saved one, else the length sampled raised to the shortest song the top prior knows (60 s for 5b)."""
-    song = Song(**(saved.get("song") or {})) if saved else Song()
+    song = Song(**saved["song"]) if saved else Song()
     if args.lyrics:
-        if not os.path.isfile(args.lyrics):
-            raise UserError(f"--lyrics {args.lyrics}: no such file; pass a text file of the lyrics, or --lyrics-text")
         try:
             with open(args.lyrics, encoding="utf-8") as f:
                 song.lyrics = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"--lyrics {args.lyrics}: cannot read it as UTF-8 text ({type(e).__name__}); save it "
-                            "as UTF-8 text") from None
+        except (OSError, UnicodeDecodeError) as e:  # missing, unreadable, not text
+            raise UserError(f"--lyrics {args.lyrics}: cannot read it as UTF-8 text "
+                            f"({'no such file' if isinstance(e, FileNotFoundError) else type(e).__name__}); pass a "
+                            "UTF-8 text file of the lyrics, or --lyrics-text") from None
     song.lyrics = song.lyrics if args.lyrics_text is None else args.lyrics_text
     song.artist, song.genre = args.artist or song.artist, args.genre or song.genre
-    if args.song_seconds is not None:
-        song.samples = int(args.song_seconds * rate)
-    elif not saved:
-        top = [f.config for f in priors.values() if f.config.is_top]
-        song.samples = max([math.ceil(c.min_duration * rate) for c in top], default=0)
+    tops = [file for file in priors.values() if file.config.is_top]
+    if args.song_seconds is not None or not saved:
+        song.samples = int((args.song_seconds or 0) * rate)
+        if args.song_seconds is None:
+            song.samples = max([math.ceil(file.config.min_duration * rate) for file in tops], default=0)
     song.samples = max(song.samples, total_samples)
-    for level, file in priors.items():
+    for file in tops:
         c = file.config
-        if c.is_top and c.lyrics == "none" and song.lyrics:
+        if c.lyrics == "none" and song.lyrics:
             print(f"warning: the top prior ({file.origin}) is not conditioned on lyrics; they are ignored "
                   "(1b_lyrics and 5b_lyrics are)", file=sys.stderr)
-        if c.is_top and not c.min_duration * rate <= song.samples < c.max_duration * rate:
+        if not c.min_duration * rate <= song.samples < c.max_duration * rate:
             raise UserError(f"the top prior knows songs of {c.min_duration:g} to {c.max_duration:g} s; "
                             "set --song-seconds in that range")
     return song
@@ -329,56 +305,33 @@ def song_from(args, saved, priors, rate, total_samples):
 
 def write_level(out, vq, codes, level, batch_size):
     """OUT/level_L/item_i.wav: the level's codes decoded, 16-bit PCM, clipped to [-1, 1]."""
-    folder = os.path.join(out, f"level_{level}")
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.join(out, f"level_{level}"), exist_ok=True)
     for first in range(0, len(codes[level]), batch_size):  # a few samples at a time bounds the decoder's memory
-        audio = vq.decode(codes[level][first:first + batch_size], level)  # (b, T_level * hop, 1)
-        for i, item in enumerate(audio.float().clamp(-1, 1).cpu().numpy()):
-            soundfile.write(os.path.join(folder, f"item_{first + i}.wav"), item[:, 0], vq.config.sample_rate,
-                            subtype="PCM_16")
+        audio = vq.decode(codes[level][first:first + batch_size], level).float().clamp(-1, 1).cpu()  # (b, S, 1)
+        for i, item in enumerate(audio.numpy()):
+            soundfile.write(os.path.join(out, f"level_{level}", f"item_{first + i}.wav"), item[:, 0],
+                            vq.config.sample_rate, subtype="PCM_16")
 
 
 def list_names(args, kind, query):
-    """--list-artists / --list-genres: the table of the chosen model's label version, or the names like QUERY."""
+    """--list-artists / --list-genres: the id table of the label version of --model (or of the top prior), or the
+    names like QUERY, as `id<TAB>name` lines."""
     if args.model:
-        config, source = official.prior_config(args.model), f"--model {args.model}"
+        version = official.prior_config(args.model).label_version
+    elif "top" in checkpoint_paths(args, {}):
+        version = train.read_checkpoint(checkpoint_paths(args, {})["top"], "top", "--top")["config"]["label_version"]
     else:
-        path = checkpoint_paths(args, {}).get("top")
-        if path is None:
-            raise UserError(f"--list-{kind}s: which id tables? pass --model {' | '.join(official.MODELS)} or the "
-                            "--top PATH of the prior to sample with")
-        config, source = PriorConfig(**train.read_checkpoint(path, "top", "--top")["config"]), path
-    version = config.label_version
-    table = data.load_ids(kind, version)
-    names = list(table)
-    if query:
-        key = data.normalize_name(query, version)
-        names = sorted((name for name in table if key in name), key=lambda name: (len(name), name))
-        names += [name for name in data.closest_names(query, kind, version, n=10) if name not in names]
-    lines = [f"# {kind}s of ids/v{version}_{kind}_ids.txt (the label version of {source}): id, name"
-             + (f"; like {query!r}" if query else "")] + [f"{table[name]}\t{name}" for name in names]
+        raise UserError(f"--list-{kind}s: which id tables? pass --model {' | '.join(official.MODELS)} or the --top "
+                        "PATH of the prior to sample with")
+    names = data.names_like(kind, version, query)  # [(id, name)]
     try:
-        print("\n".join(lines), flush=True)
+        print(f"# {kind}s of ids/v{version}_{kind}_ids.txt: id, name" + (f"; like {query!r}" if query else ""))
+        print("\n".join(f"{id_}\t{name}" for id_, name in names), flush=True)
     except BrokenPipeError:  # piped into head or the like, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if not names:
         print(f"no {kind} like {query!r}; try a shorter query", file=sys.stderr)
     return 0
-
-
-# ---- 5. a run: flags -> models, inputs, the levels, outputs ---------------------------------------------
-
-def per_level(text, flag, low, high):
-    """'0.99' -> (0.99, 0.99, 0.99); '0.5,0.5,0.125' -> per level (bottom, middle, top); each in (low, high]."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"{flag} {text}: expected a number or three comma-separated numbers "
-                        "(bottom,middle,top)") from None
-    if len(values) not in (1, 3) or not all(low < v <= high for v in values):
-        raise UserError(f"{flag} {text}: give one value for all levels or three (bottom,middle,top), each in "
-                        f"({low:g}, {high:g}]")
-    return values * 3 if len(values) == 1 else values
 
 
 def output_folder(args, saved, saved_path):
@@ -387,120 +340,102 @@ def output_folder(args, saved, saved_path):
     if saved is None and os.path.exists(os.path.join(out, "codes.pt")):
         raise UserError(f"--out {out} already holds a run; pick another --out, or extend it with "
                         f"--continue {os.path.join(out, 'codes.pt')}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out}: exists and is not a folder; pick another --out")
     try:
         os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create it ({e.strerror}); pick a writable folder") from None
+    except OSError as e:  # a file of that name, or no permission
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror}); pick another --out") from None
     return out
 
 
-def check_levels(priors, codes, total_samples, hops, settings):
-    """Every level has the codes above it (or samples them first) and windows that align with them."""
-    for level, file in priors.items():
-        upper_missing = level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
-        if upper_missing and level + 1 not in priors:
-            raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
-        c = file.config
-        if not c.is_top and int(settings.hop_fraction[level] * c.n_ctx) % c.upsample_factor:
-            raise UserError(f"--hop-fraction: level {level}'s window hop must be a multiple of "
-                            f"{c.upsample_factor} tokens to align with the level above; use 0.5")
+# ---- 5. a run: flags -> models, inputs, the levels, outputs ---------------------------------------------
 
-
-def print_plan(args, out, mode, codes, total_samples, song, vq, priors, settings):
-    rate, hops = vq.config.sample_rate, vq.config.hop_lengths
-    print(f"sample.py: {mode}, {len(codes[0])} x {total_samples / rate:.2f} s of a {song.samples / rate:.2f} s song "
-          f"at {rate} Hz -> {out}/")
-    print(f"  song    artist {song.artist or 'unknown'}, genre {song.genre or 'unknown'}, "
-          f"{len(song.lyrics)} characters of lyrics")
-    for level, file in sorted(priors.items(), reverse=True):
-        c = file.config
-        print(f"  level {level} ({LEVEL_STAGE[level]}) {file.path} ({file.origin}): {codes[level].shape[1]} -> "
-              f"{total_samples // hops[level]} tokens, n_ctx {c.n_ctx}, window hop "
-              f"{int(settings.hop_fraction[level] * c.n_ctx)}, temperature {settings.temperature[level]}, "
-              f"labels v{c.label_version}")
-    print(f"  top_k {settings.top_k}, top_p {settings.top_p}, chunk_size {settings.chunk_size}, batch_size "
-          f"{settings.batch_size}, seed {args.seed}, dtype {args.dtype}, device {args.device}")
-
-
-def run(args):
+def run(args, settings, levels):
     """Sample as the flags say; returns the exit code (0, or 130 when interrupted)."""
-    settings = Settings(hop_fraction=per_level(args.hop_fraction, "--hop-fraction", 0.0, 1.0),
-                        temperature=per_level(args.temperature, "--temperature", 0.0, 10.0), top_k=args.top_k,
-                        top_p=args.top_p, chunk_size=args.chunk_size, batch_size=args.batch_size)
-    levels = [1, 0] if args.upsample else [2, 1, 0]
-    if args.levels:
-        levels = sorted({int(v) for v in args.levels.split(",") if v.strip() in ("0", "1", "2")}, reverse=True)
-        if len(levels) != len(args.levels.split(",")):
-            raise UserError(f"--levels {args.levels}: expected levels among 0, 1, 2, e.g. --levels 2 or 2,1,0")
-    if args.upsample and 2 in levels:
-        raise UserError("--upsample samples the lower levels only; drop 2 from --levels (or use --continue)")
     saved_path = args.continue_ or args.upsample
     saved = load_codes(saved_path, "--continue" if args.continue_ else "--upsample") if saved_path else None
     if saved and saved["official"] and not args.official and not any(getattr(args, s) for s in train.STAGES):
         args.official, args.model = saved["official"]["dir"], saved["official"]["model"]  # the released models again
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    vq, priors, paths = load_models(args, levels, saved["checkpoints"] if saved else {}, dtype)
+    vq, priors, paths = load_models(args, levels, saved["checkpoints"] if saved else {})
     codes, total_samples = starting_codes(args, vq, saved, saved_path)
-    song = song_from(args, saved, priors, vq.config.sample_rate, total_samples)
-    check_levels(priors, codes, total_samples, vq.config.hop_lengths, settings)
+    rate, hops = vq.config.sample_rate, vq.config.hop_lengths
+    song = song_from(args, saved, priors, rate, total_samples)
+    for level, file in priors.items():  # each level has the codes above it, or samples them first, and aligns
+        c, above = file.config, level + 1 < len(hops) and codes[level + 1].shape[1] * hops[level + 1] < total_samples
+        if above and level + 1 not in priors:
+            raise UserError(f"level {level} needs the complete level-{level + 1} codes; add {level + 1} to --levels")
+        if not c.is_top and int(settings.hop_fraction[level] * c.n_ctx) % c.upsample_factor:
+            raise UserError(f"--hop-fraction: level {level}'s window hop must be a multiple of {c.upsample_factor} "
+                            "tokens to align with the level above; use 0.5")
     out = output_folder(args, saved, saved_path)
-    mode = "continue" if args.continue_ else "upsample" if args.upsample else "primed" if args.prime else "ancestral"
-    print_plan(args, out, mode, codes, total_samples, song, vq, priors, settings)
     codes_path = os.path.join(out, "codes.pt")
+    print(f"sample.py: {len(codes[0])} x {total_samples / rate:.2f} s of a {song.samples / rate:.2f} s song by "
+          f"{song.artist} ({song.genre}, {len(song.lyrics)} characters of lyrics) -> {out}/\n  {settings}")
+    for level, file in sorted(priors.items(), reverse=True):
+        print(f"  level {level} ({LEVEL_STAGE[level]}): {file.path} ({file.origin}), {codes[level].shape[1]} -> "
+              f"{total_samples // hops[level]} tokens, label ids v{file.config.label_version}, {args.dtype}")
     state = {"codes": codes, "total_samples": total_samples, "song": dataclasses.asdict(song),
              "vqvae": dataclasses.asdict(vq.config),  # codes mean something only with this VQ-VAE
-             "checkpoints": {} if args.official else paths,  # the defaults when this run is continued
+             "checkpoints": paths,  # the defaults when this run is continued
              "official": dict(dir=args.official, model=args.model) if args.official else None}
-    generator = torch.Generator(args.device).manual_seed(args.seed)
-    hops = vq.config.hop_lengths
     try:
-        for level in sample_levels(priors, codes, total_samples, hops, song, settings, generator=generator):
+        for level in sample_levels(priors, codes, total_samples, hops, song, settings,
+                                   torch.Generator(args.device).manual_seed(args.seed)):
             write_level(out, vq, codes, level, settings.batch_size)
-            save_codes(codes_path, {**state, "levels_done": done_levels(codes, hops, total_samples)})
+            save_codes(codes_path, state, hops)
             tqdm.write(f"level {level}: wrote {out}/level_{level}/item_*.wav and {codes_path}")
     except KeyboardInterrupt:  # every finished window is kept; --continue resumes from there
-        save_codes(codes_path, {**state, "levels_done": done_levels(codes, hops, total_samples)})
+        save_codes(codes_path, state, hops)
         print(f"\ninterrupted: finished levels and windows kept in {codes_path}; resume with "
               f"`python sample.py --continue {codes_path}`", file=sys.stderr)
         return 130
     return 0
 
 
-def done_levels(codes, hops, total_samples):
-    """The levels whose codes reach total_samples, top first."""
-    return [level for level in reversed(range(len(codes))) if codes[level].shape[1] * hops[level] >= total_samples]
+def per_level(text, flag, low, high):
+    """'0.99' -> (0.99, 0.99, 0.99); '0.5,0.5,0.125' -> per level (bottom, middle, top); each in (low, high]."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3) or not all(low < v <= high for v in values):
+        raise UserError(f"{flag} {text}: give one number for all levels or three (bottom,middle,top), each in "
+                        f"({low:g}, {high:g}]")
+    return values * 3 if len(values) == 1 else values
 
 
 def check_flags(args):
-    """Every numeric flag within its range, and the flags that need one another: one line each (UserError)."""
-    at_least = {"n": 1, "batch_size": 1, "chunk_size": 1, "top_k": 0, "seed": 0}
-    for name, least in at_least.items():
+    """Every numeric flag within its range and the flags that need one another (UserError), then the Settings
+    and the levels to sample, top first."""
+    for name, least in {"n": 1, "batch_size": 1, "chunk_size": 1, "top_k": 0, "seed": 0}.items():
         if getattr(args, name) < least:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {least}")
     for name in ("seconds", "song_seconds", "prime_seconds"):
-        value = getattr(args, name)
-        if value is not None and not 0 < value < math.inf:
-            raise UserError(f"--{name.replace('_', '-')} {value}: must be a positive number of seconds")
-    if not 0.0 <= args.top_p < 1.0:
-        raise UserError(f"--top-p {args.top_p}: must be in [0, 1) (0 = off)")
-    if args.top_k and args.top_p:
-        raise UserError("--top-k and --top-p cannot be combined (as in the original); pick one")
-    if args.model and not args.official:
-        raise UserError(f"--model {args.model} needs --official DIR, the folder of the released files")
-    if args.official and not args.model:
-        raise UserError(f"--official {args.official}: also pass --model {' | '.join(official.MODELS)}")
-    if args.prime_seconds is not None and not args.prime:
-        raise UserError("--prime-seconds needs --prime")
-    if args.upsample and args.seconds is not None:
-        raise UserError("--upsample keeps the saved length; to make a run longer use --continue with --seconds")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"--device {args.device}: not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is visible; use --device cpu")
+        if getattr(args, name) is not None and not 0 < getattr(args, name) < math.inf:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive number of seconds")
+    needs = [(not 0.0 <= args.top_p < 1.0, f"--top-p {args.top_p}: must be in [0, 1) (0 = off)"),
+             (args.top_k and args.top_p, "--top-k and --top-p cannot be combined (as in the original); pick one"),
+             (args.model and not args.official, f"--model {args.model} needs --official DIR, the released files"),
+             (args.official and not args.model, f"--official {args.official}: also pass --model "
+                                                f"{' | '.join(official.MODELS)}"),
+             (args.prime_seconds is not None and not args.prime, "--prime-seconds needs --prime"),
+             (args.upsample and args.seconds is not None, "--upsample keeps the saved length; to make a run longer "
+                                                          "use --continue with --seconds")]
+    for failed, message in needs:
+        if failed:
+            raise UserError(message)
+    if not args.device.startswith(("cpu", "cuda", "mps")) or (args.device.startswith("cuda") and
+                                                              not torch.cuda.is_available()):
+        raise UserError(f"--device {args.device}: not a device here; use --device cpu")
+    settings = Settings(hop_fraction=per_level(args.hop_fraction, "--hop-fraction", 0.0, 1.0),
+                        temperature=per_level(args.temperature, "--temperature", 0.0, 10.0), top_k=args.top_k,
+                        top_p=args.top_p, chunk_size=args.chunk_size, batch_size=args.batch_size)
+    levels = sorted({int(v) for v in (args.levels or ("1,0" if args.upsample else "2,1,0")).split(",")
+                     if v.strip() in ("0", "1", "2")}, reverse=True)
+    if args.levels and len(levels) != len(args.levels.split(",")):
+        raise UserError(f"--levels {args.levels}: expected levels among 0, 1, 2, e.g. --levels 2 or 2,1,0")
+    if args.upsample and 2 in levels:
+        raise UserError("--upsample samples the lower levels only; drop 2 from --levels (or use --continue)")
+    return settings, levels
 
 
 def build_parser():
@@ -574,9 +509,9 @@ def main(argv=None):
             if args.list_artists is not None:
                 return list_names(args, "artist", args.list_artists)
             return list_names(args, "genre", args.list_genres)
-        check_flags(args)
+        settings, levels = check_flags(args)
         args.compile = args.compile and compiler_works(args.device)
-        return run(args)
+        return run(args, settings, levels)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -83,7 +83,7 @@ def test_windows_cover_every_token_once(total, n_ctx, hop_fraction):
 
 def test_released_window_starts():
     # 5b top prior, 60 s: 20672 top tokens, n_ctx 8192, hop 0.125 * 8192 = 1024
-    starts = sample.window_starts(20672, 8192, 1024)
+    starts = [start for start, _ in sample.windows(20672, 8192, 1024)]
     assert starts[:3] == [0, 1024, 2048] and starts[-1] == 20672 - 8192 and len(starts) == 14
 
 
