@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import prior  # noqa: E402
 import sample  # noqa: E402
+import toy  # noqa: E402
 import train  # noqa: E402
 import vqvae  # noqa: E402
 
@@ -150,9 +151,8 @@ def judge(figures):
 
 def load_model(folder, stage, model_class, config_class):
     """The newest checkpoint of a train.py run folder, built the way sample.py builds it (EMA if present)."""
-    path = sample.find_checkpoint(folder, stage, f"--{stage}")
-    ckpt = sample.load_checkpoint(path, stage, f"--{stage}")
-    return sample.build_model(ckpt, model_class, config_class), path
+    path = train.find_checkpoint(folder, stage, f"--{stage}")
+    return train.build_model(train.read_checkpoint(path, stage, f"--{stage}")), path
 
 
 @torch.no_grad()
@@ -166,7 +166,7 @@ def vqvae_figures(model, audio, out_dir):
     figures = {}
     for level, level_codes in enumerate(codes):
         x_hat = model.decode(level_codes, level)  # (1, T, 1)
-        figures[level] = vqvae.spectral_convergence(x, x_hat)
+        figures[level] = float(vqvae.spectral_convergence(x, x_hat))
         soundfile.write(os.path.join(out_dir, f"level_{level}.wav"), x_hat[0, :, 0].clamp(-1, 1).numpy(), rate,
                         subtype="PCM_16")
     return figures, codes
@@ -185,9 +185,7 @@ def heldout_bits(model, codes, meta, total_length, max_windows=16):
     tokens, ys, upper = [], [], []
     for start in starts:
         offset = start * c.hop_length  # window start in audio samples
-        window_lyrics = (data.lyric_window(lyrics, c.n_lyric_tokens, total_length, offset, c.sample_length)[0]
-                         if c.lyrics != "none" else ())
-        ys.append(prior.make_y(c, artist, genres, total_length, offset, window_lyrics))
+        ys.append(prior.window_y(c, artist, genres, total_length, offset, lyrics))
         tokens.append(level_codes[0, start:start + c.n_ctx])  # (n_ctx,)
         if not c.is_top:
             r = c.upsample_factor
@@ -233,15 +231,15 @@ def run(args, sizes):
     def steps(n):  # a stage's step count under --scale
         return str(max(1, round(n * args.scale)))
     out = args.out
-    toy, heldout_dir, runs = os.path.join(out, "toy"), os.path.join(out, "heldout"), os.path.join(out, "runs")
+    toy_dir, heldout_dir, runs = os.path.join(out, "toy"), os.path.join(out, "heldout"), os.path.join(out, "runs")
     samples, recon = os.path.join(out, "samples"), os.path.join(out, "reconstructions")
     clock, report = Clock(), {"sizes": dataclasses.asdict(sizes), "scale": args.scale, "threads": args.threads}
     started = time.time()
 
     # 1. data: toy songs to train on, and one more song (another seed) that no stage trains on
     def make_data():
-        data.main(["--make-toy", toy, "--n", str(sizes.songs), "--seconds", str(sizes.song_seconds)])
-        data.main(["--make-toy", heldout_dir, "--n", "1", "--seconds", str(sizes.heldout_seconds), "--seed", "1"])
+        toy.main([toy_dir, "--n", str(sizes.songs), "--seconds", str(sizes.song_seconds)])
+        toy.main([heldout_dir, "--n", "1", "--seconds", str(sizes.heldout_seconds), "--seed", "1"])
     clock.run("data", make_data)
     heldout = os.path.join(heldout_dir, "toy_000.wav")
 
@@ -250,12 +248,12 @@ def run(args, sizes):
     common = ["--lr", str(sizes.lr), "--warmup", str(sizes.warmup), "--ema-decay", "0", "--device", "cpu",
               "--seed", str(args.seed), "--log-every", str(max(1, int(steps(sizes.vqvae_steps)) // 10))]
     clock.run("vqvae", train_stage, [
-        "--stage", "vqvae", "--data", toy, "--out", os.path.join(runs, "vqvae"), "--preset", "tiny",
+        "--stage", "vqvae", "--data", toy_dir, "--out", os.path.join(runs, "vqvae"), "--preset", "tiny",
         "--steps", steps(sizes.vqvae_steps), "--batch-size", str(sizes.vqvae_batch),
         "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common])
     for stage, n_steps, batch in zip(("top", "middle", "bottom"), sizes.prior_steps, sizes.prior_batch):
         clock.run(stage, train_stage, [
-            "--stage", stage, "--data", toy, "--out", os.path.join(runs, stage), "--preset", "tiny",
+            "--stage", stage, "--data", toy_dir, "--out", os.path.join(runs, stage), "--preset", "tiny",
             "--vqvae", os.path.join(runs, "vqvae"), "--steps", steps(n_steps), "--batch-size", str(batch),
             *common])
 
@@ -305,8 +303,8 @@ def run(args, sizes):
     report["total_cpu_s"] = sum(s["cpu_s"] for s in clock.stages.values())
     report["problems"] = judge(report["output"]["level_0"])  # the final audio: the bottom level's, mean of items
     report["files"] = {
-        "toy songs": toy, "held-out song (the prime)": heldout,
-        **{f"{stage} checkpoint": sample.find_checkpoint(os.path.join(runs, stage), stage, stage) for stage in STAGES},
+        "toy songs": toy_dir, "held-out song (the prime)": heldout,
+        **{f"{stage} checkpoint": train.find_checkpoint(os.path.join(runs, stage), stage, stage) for stage in STAGES},
         "VQ-VAE reconstructions of the held-out song": os.path.join(recon, "level_{0,1,2}.wav"),
         "the continuations, per level (level_0 is the final audio)": os.path.join(samples, "level_{0,1,2}/item_*.wav"),
         "codes (for sample.py --continue / --upsample)": os.path.join(samples, "codes.pt"),

@@ -476,9 +476,10 @@ class Run:
         optimizer_state = dcp.get_optimizer_state_dict(self.model, self.optimizer, options=FULL)  # by parameter name
         ema = {n: (e.full_tensor() if isinstance(e, DTensor) else e).cpu() for n, e in (self.ema or {}).items()}
         if self.rank == 0:  # "ema" is a whole state dict too: the averaged parameters, the buffers (codebooks)
-            ema_state = {k: ema[self.ema_names[k]] if k in self.ema_names else v for k, v in model_state.items()}
+            ema_state = {k: ema[self.ema_names[k]] if k in self.ema_names else v for k, v in model_state.items()
+                         } if ema else None
             ckpt = {"stage": self.args.stage, "step": step, "config": dataclasses.asdict(self.stage.config),
-                    "train": run_config, "model": model_state, "ema": ema_state if ema else None,
+                    "train": run_config, "model": model_state, "ema": ema_state,
                     "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "rng": rngs,
                     "data_position": step * self.args.batch_size, **self.stage.extra}
             print(f"saved {save_checkpoint(ckpt, self.args.out, self.args.keep)}", flush=True)

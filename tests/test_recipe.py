@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-import data
+import toy
 import recipe
 
 
@@ -51,7 +51,7 @@ def test_quick_recipe_figures_are_finite(quick_run):
 
 def test_output_check_tells_music_from_silence_noise_and_drift():
     rate = 44100
-    song, _ = data.toy_song([1, 0], 3.0, rate)
+    song, _ = toy.toy_song([1, 0], 3.0, rate)
     rng = np.random.default_rng(0)
     assert recipe.judge(recipe.audio_figures(song, rate)) == []
     silence = np.zeros(3 * rate, dtype=np.float32)
