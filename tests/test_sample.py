@@ -477,3 +477,43 @@ def test_bad_label_flags(models, tmp_path, capsys):
     expect_user_error(["--runs", runs, "--lyrics", tmp_path / "nope.txt", "--out", tmp_path / "o"], capsys,
                       "--lyrics", "no such file")
     expect_user_error(["--model", "5b", "--runs", runs], capsys, "--official")
+
+
+BAD_FLAGS = [["--seconds", "0"], ["--seconds", "nan"], ["--seconds", "-1"], ["--song-seconds", "0"],
+             ["--song-seconds", "inf"], ["--prime-seconds", "0"], ["--n", "0"], ["--top-k", "-1"],
+             ["--top-p", "1.0"], ["--top-p", "-0.1"], ["--top-p", "nan"], ["--temperature", "0"],
+             ["--temperature", "1,2"], ["--temperature", "warm"], ["--temperature", "nan"], ["--hop-fraction", "0"],
+             ["--hop-fraction", "1.5,0.5,0.5"], ["--chunk-size", "0"], ["--batch-size", "0"], ["--seed", "-1"],
+             ["--levels", "3"], ["--levels", "2,x"], ["--device", "cuda:7"], ["--device", "toaster"]]
+
+
+@pytest.mark.parametrize("flag", BAD_FLAGS, ids=" ".join)
+def test_every_numeric_flag_is_checked(models, tmp_path, capsys, flag):
+    """Each bad value: one line naming the flag, exit code 2, and nothing written."""
+    runs, _ = models
+    out = tmp_path / "out"
+    prime = ["--prime", clip(tmp_path / "clip.wav")] if flag[0] == "--prime-seconds" else []
+    expect_user_error(["--runs", runs, "--out", out, *prime, *flag], capsys, flag[0])
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_file(models, tmp_path, capsys):
+    runs, _ = models
+    (tmp_path / "taken").write_text("x")
+    expect_user_error(["--runs", runs, "--seconds", 0.03, "--levels", 2, "--out", tmp_path / "taken"], capsys,
+                      "--out", "cannot create")
+
+
+def test_compile_falls_back_to_eager_with_one_warning(models, tmp_path, capsys, monkeypatch):
+    """Where torch.compile cannot build (no compiler), --compile samples in eager mode after one warning line."""
+    runs, _ = models
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    code, err = run_cli(["--runs", runs, "--seconds", 0.03, "--levels", 2, "--compile", "--out", tmp_path / "o"],
+                        capsys)
+    assert code == 0, err
+    warnings_ = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1 and "--compile" in warnings_[0] and "eager" in warnings_[0]
+    assert (tmp_path / "o" / "level_2" / "item_0.wav").exists()
