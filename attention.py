@@ -40,8 +40,11 @@ class Conv1D(nn.Module):
         self.b = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x):
-        # jukebox: the weights are cast to the input's dtype, so half activations run fp32 weights as they are
-        w, b = self.w.to(x.dtype), self.b.to(x.dtype)
+        w, b = self.w, self.b
+        if w.dtype != x.dtype:  # jukebox: weights are cast to the input's dtype, so half activations run fp32 ones
+            w, b = w.to(x.dtype), b.to(x.dtype)
+        elif b.dtype != x.dtype:  # half-precision blocks keep their biases in float32
+            b = b.to(x.dtype)
         return torch.addmm(b, x.reshape(-1, w.shape[0]), w).view(*x.shape[:-1], w.shape[1])  # one fused GEMM
 
 

@@ -233,6 +233,8 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back, so half-precision blocks keep fp32 statistics (as the original)."""
 
     def forward(self, x):
+        if x.dtype == self.weight.dtype == torch.float32:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
@@ -260,9 +262,8 @@ class Block(nn.Module):
         self.mlp = MLP(width, init_scale, zero_init=kind == "cross")  # jukebox: cross blocks start as identity
 
     def forward(self, x, encoder_kv=None, position=None):
-        a = self.attn(self.ln_0(x), encoder_kv=encoder_kv, position=position)
-        m = self.mlp(self.ln_1(x + a))
-        return x + a + m
+        h = x + self.attn(self.ln_0(x), encoder_kv=encoder_kv, position=position)
+        return h + self.mlp(self.ln_1(h))
 
 
 class Transformer(nn.Module):
