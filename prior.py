@@ -17,12 +17,6 @@ Reading order:
 Shape legend: B batch, T music tokens in the window, L transformer sequence length (T, or lyric tokens + T
 for 1b_lyrics), W width, V vocabulary, E lyric-encoder length, C conv channels. Sequences are (B, T, W)
 everywhere; only the Conditioner's conv stack works in (B, C, T) inside.
-
-Which level a preset models: `preset("upsampler_level_0")` / `"upsampler_level_1"` are the bottom and middle
-priors (conditioned on the codes of the level above), the other released names are top-level priors
-(conditioned on timing). The CPU presets take the level as an argument: `preset("tiny", level=2)` is a top
-prior, `preset("tiny", level=1)` an upsampler, and `lyrics="encoder"` / `"merged"` adds the 5b_lyrics- /
-1b_lyrics-style lyric conditioning to a top prior.
 """
 import math
 from dataclasses import dataclass, fields, replace
@@ -168,8 +162,9 @@ RELEASED = ("upsampler_level_0", "upsampler_level_1", "5b", "5b_lyrics", "1b_lyr
 
 
 def preset(name, level=None, lyrics="none"):
-    """A named PriorConfig. Released names fix their own level and lyrics (a `level` given must agree);
-    "tiny" and "bench" take both (level default 2)."""
+    """A named PriorConfig. Released names fix their level (upsampler_level_0/1 the bottom and middle priors, the
+    others top priors) and lyrics; "tiny" and "bench" take both: preset("tiny", level=1) is a tiny upsampler,
+    preset("tiny", lyrics="merged") a 1b_lyrics-style top prior (level default 2)."""
     if name in RELEASED:
         config = _released(name)
         if level not in (None, config.level) or lyrics != "none":
@@ -192,10 +187,8 @@ TOTAL, OFFSET, LENGTH, ARTIST, GENRES = 0, 1, 2, 3, 4
 
 def lyric_window(tokens, n_tokens, total_length, offset, duration):
     """The n_tokens lyric ids that go with the music window [offset, offset + duration) of a song of total_length
-    samples, assuming the lyrics are spread evenly over the song (paper §3.6 "lyrics alignment").
-
-    Returns (window, indices): window[i] = tokens[indices[i]], or 0 where indices[i] == -1 (padding).
-    """
+    samples, the lyrics assumed spread evenly over the song (paper §3.6 "lyrics alignment"). Returns (window,
+    indices): window[i] = tokens[indices[i]], or 0 where indices[i] == -1 (padding)."""
     if len(tokens) < n_tokens:  # short lyrics: all of them, left-padded with 0
         pad = n_tokens - len(tokens)
         return [0] * pad + list(tokens), [-1] * pad + list(range(len(tokens)))
@@ -210,13 +203,9 @@ def lyric_window(tokens, n_tokens, total_length, offset, duration):
 
 
 def window_y(config, artist, genres, total_length, offset=0, lyrics=()):
-    """The label vector y (LongTensor (config.y_length,)) of the window that starts `offset` samples into a
-    song of `total_length` samples.
-
-    artist, genres: ids from data.py's tables of config.label_version (-1 genre entries are empty slots);
-    lyrics: every lyric token of the song, of which the window's n_lyric_tokens are picked (lyric_window);
-    ignored by priors without lyrics. Stack rows for a batch.
-    """
+    """The label vector y (LongTensor (config.y_length,)) of the window that starts `offset` samples into a song
+    of `total_length` samples. artist, genres: ids of data.py's tables (-1 genres are empty slots); lyrics: every
+    lyric token of the song, of which lyric_window picks the window's (ignored without lyrics)."""
     genres = [g for g in genres if g >= 0]
     if len(genres) > config.max_genres:
         raise ValueError(f"at most {config.max_genres} genres per song, got {len(genres)}")

@@ -101,8 +101,6 @@ def preset(name):
 # ---- convolution stacks ----------------------------------------------------------------------------
 # Every container below is an nn.Sequential whose indices match the official one, so that state-dict keys
 # differ from the official ones only by the renames in the module docstring.
-
-
 class ResidualBlock(nn.Module):
     """Pre-activation dilated residual block, no normalisation: x + res_scale * conv1x1(relu(conv3_dilated(relu(x)))).
 
@@ -225,8 +223,6 @@ class Decoder(nn.Module):
 
 
 # ---- codebook --------------------------------------------------------------------------------------
-
-
 def _distributed():
     return dist.is_available() and dist.is_initialized()
 
@@ -360,8 +356,6 @@ class Codebook(nn.Module):
 
 
 # ---- losses ----------------------------------------------------------------------------------------
-
-
 def stft_magnitude(audio, n_fft, hop, window):
     """|STFT| of audio (B, T) -> (B, n_fft // 2 + 1, frames); centred, reflect-padded, periodic Hann window."""
     hann = torch.hann_window(window, device=audio.device)
@@ -390,8 +384,6 @@ def multispectral_loss(x, x_hat, config):
 
 
 # ---- the model -------------------------------------------------------------------------------------
-
-
 class VQVAE(nn.Module):
     """Three independent autoencoders, one per level, each with its own codebook (§3.2).
 
@@ -471,8 +463,6 @@ class VQVAE(nn.Module):
 
 
 # ---- data statistics and metrics -------------------------------------------------------------------
-
-
 @torch.no_grad()
 def estimate_bandwidth(batches):
     """Loss normalisers from training audio, as the original's calculate_bandwidth.
