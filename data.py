@@ -3,15 +3,12 @@
 Jukebox (arXiv:2005.00341) trains on windows of 44.1 kHz mono songs (~9 s for the VQ-VAE, one context of codes
 for a prior), conditioned on artist, genre and the lyric characters near the window (§4, lyrics spread evenly).
 
-Reading order: 1. `load_audio` / `resample`: any file libsndfile decodes, as mono, resampled, decoding only the
-span asked for. 2. `scan_folder`, `AudioDataset`: a cached index of the songs; the VQ-VAE's windows, cut as the
-original does. 3. The code cache: `encode_song` encodes a song once per level with the frozen VQ-VAE,
-`CodeDataset` reads code-aligned windows of the codes (the priors' data). 4. Labels: artist/genre id tables (ids/,
-v2 for 5b models, v3 for 1b_lyrics) and the lyric tokenizer.
-
-Legend: T samples. Audio is float32 in [-1, 1], (T,) from `load_audio`, (T, 1) from `AudioDataset`; lengths and
-offsets are samples at the target rate. `song.wav` may have a sidecar `song.json`, {"artist", "genre", "lyrics"}
-(strings; missing ones are "unknown", "unknown", "").
+Reading order: 1. `load_audio` / `resample`: any file libsndfile decodes, as mono, resampled, decoding only the span
+asked for; `write_audio`. 2. `scan_folder`, `AudioDataset`: a cached index of the songs; the VQ-VAE's windows, cut
+as the original does. 3. The code cache: `encode_song` once per song and level, `CodeDataset` code-aligned windows
+(the priors' data). 4. Labels: id tables (ids/; v2 for 5b, v3 for 1b_lyrics), the lyric tokenizer. T: samples at
+the target rate (so are lengths and offsets); audio is float32 in [-1, 1], (T,) or (T, 1). `song.wav` may have a
+sidecar `song.json` of strings {"artist", "genre", "lyrics"} (missing: "unknown", "unknown", "").
 """
 import difflib
 import functools
@@ -85,8 +82,8 @@ def resample(x, orig_sr, new_sr, first=0, count=None, x_start=0):
 
 def load_audio(path, sample_rate, start=0, length=None, mix=0.5):
     """`path` as mono float32 (T,) at `sample_rate`: samples [start, start + length) (default: to the end), short
-    past the end. Only that span plus the resampler's reach is decoded. Two channels become mix * left +
-    (1 - mix) * right, more their mean. UserError naming the file for unreadable audio or NaN/inf samples."""
+    past the end, decoding only that span and the resampler's reach. Stereo becomes mix * left + (1 - mix) * right,
+    more channels their mean. UserError naming the file for unreadable audio or NaN/inf samples."""
     try:
         with sf.SoundFile(path) as f:
             orig_sr, frames, total = f.samplerate, f.frames, resampled_length(f.frames, f.samplerate, sample_rate)
@@ -105,6 +102,10 @@ def load_audio(path, sample_rate, start=0, length=None, mix=0.5):
     audio = mix * audio[:, 0] + (1 - mix) * audio[:, 1] if audio.shape[1] == 2 else audio.mean(axis=1)  # (t,)
     length = max(0, min(length, total - start))
     return audio[:length] if up == down else resample(audio, orig_sr, sample_rate, start, length, src_first)
+
+
+def write_audio(path, audio, sample_rate):  # (1, T, 1) float tensor -> a 16-bit PCM wav, clipped to [-1, 1]
+    sf.write(path, audio[0, :, 0].clamp(-1, 1).float().cpu().numpy(), sample_rate, subtype="PCM_16")
 
 
 # ---- 2. The index and the windows ------------------------------------------------------------------------------
@@ -128,9 +129,8 @@ def _read_sidecar(audio_path):
 
 
 def scan_folder(root):
-    """{relative path: entry} of every audio file under root (hidden folders skipped): rate, frames, sidecar and the
-    (mtime, size) stamps of both files, kept in root/INDEX_NAME so unchanged files are not opened again.
-    Unreadable files are skipped with one warning naming them."""
+    """{relative path: entry (rate, frames, sidecar, (mtime, size) of both files)} of the audio under root, hidden
+    folders skipped, kept in root/INDEX_NAME for the next scan; unreadable files skipped with one warning."""
     if not os.path.isdir(root):
         raise UserError(f"{root}: not a folder; pass a folder of audio files (or make one: python toy.py DIR)")
     index_path, files = os.path.join(root, INDEX_NAME), {}
@@ -172,13 +172,11 @@ def scan_folder(root):
 
 class AudioDataset(torch.utils.data.Dataset):
     """Windows of `sample_length` samples of the songs under `root` laid end to end, cut as the original does:
-    window i starts at i * sample_length (aug_shift: plus a random shift in [-half, half) of a window), belongs to
-    the song of its midpoint, and moves half a window back inside it when it runs over an edge. aug_blend mixes a
-    stereo song's channels with a random weight per window. Songs shorter than a window or min_seconds (default:
-    the window in whole seconds, the original's min_duration), or of max_seconds or more, are dropped (counted in
-    dropped_short / dropped_long). An epoch = len() windows in a random order; item `index` (any index >= 0) is a
-    pure function of (seed, index), so N processes see what one sees. Items: dict(audio float32 (T, 1), offset,
-    total_length, artist, genre, lyrics, path)."""
+    window i starts at i * sample_length (aug_shift: plus a random [-half, half) window), belongs to the song of
+    its midpoint, moves half a window back inside it over an edge; aug_blend draws a random stereo mix. Dropped
+    (dropped_short / dropped_long): songs under a window or min_seconds (default: the window in whole seconds),
+    or of max_seconds or more. An epoch: len() windows, shuffled; item `index` (any >= 0) depends only on (seed,
+    index), so N processes see what one sees. Items: dict(audio (T, 1), offset, total_length, metadata, path)."""
 
     def __init__(self, root, sample_rate, sample_length, seed=0, min_seconds=None, max_seconds=math.inf,
                  aug_shift=False, aug_blend=False):
@@ -243,11 +241,10 @@ def vqvae_key(vqvae):  # a hash of a VQ-VAE's config, weights and buffers: anoth
 
 
 def encode_song(vqvae, path, sample_rate, length, targets, segment=1 << 20, margin=1 << 17):
-    """Encode samples [0, length) of a song (length a multiple of the top hop) into one .npy file per level, in
-    segments (23.8 s at 44.1 kHz: memory does not grow with the song) encoded with `margin` samples (3 s) of song
-    each side. A code depends only on the audio in the encoder's reach (receptive field; ~1.0 s for the released
-    level 0), so codes whose reach stays inside segment + margins equal those of encoding the whole song at once:
-    all of them when the margin covers the reach (up to float rounding at a near-tie of two codes)."""
+    """Encode samples [0, length) of a song (a multiple of the top hop) into one .npy per level, in segments (23.8 s
+    at 44.1 kHz: memory does not grow with the song) with `margin` samples (3 s) of song each side. A code depends
+    only on the audio in the encoder's reach (~1.0 s for the released level 0), so with the margin covering it the
+    codes equal those of the whole song encoded at once (up to float rounding at a near-tie of two codes)."""
     hops, device = vqvae.config.hop_lengths, next(vqvae.parameters()).device
     segment, margin = max(1, segment // hops[-1]) * hops[-1], margin // hops[-1] * hops[-1]  # keep the stride phase
     dtype = np.int16 if vqvae.config.codebook_size <= 2**15 else np.int32
@@ -258,16 +255,15 @@ def encode_song(vqvae, path, sample_rate, length, targets, segment=1 << 20, marg
         for out, codes, hop in zip(outs, vqvae.encode(audio[None, :, None]), hops):  # [(1, T / hop)] per level
             out[a // hop:b // hop] = codes[0, (a - low) // hop:(b - low) // hop].cpu().numpy()
     for out, target in zip(outs, targets):
-        out.flush(), os.replace(target + ".tmp", target)  # a reader sees no file or the whole one
+        out.flush()
+        os.replace(target + ".tmp", target)  # a reader sees no file or the whole one
 
 
 class CodeDataset(AudioDataset):
-    """A prior's windows: n_ctx codes of `level` from the code cache `cache`/<vqvae_key>/ (default <root>/
-    .jukebox_codes/<key>/). Songs missing from it are encoded first, each rank of torch.distributed taking every
-    world_size-th one. Windows are cut as AudioDataset cuts them, code-aligned: at a multiple of the factor f of
-    the level above, whose codes of the same window are exactly upper[start / f : (start + n_ctx) / f]. Items:
-    dict(tokens long (n_ctx,), upper long (n_ctx / f,) for upsamplers only, offset, total_length, artist, genre,
-    lyrics, path). A top prior passes its min/max duration."""
+    """A prior's windows: n_ctx codes of `level`, cached in `cache`/<vqvae_key>/ (default <root>/.jukebox_codes/),
+    missing songs encoded first (rank r of N encodes every N-th). Cut as AudioDataset cuts, at multiples of the
+    factor f of the level above, whose codes of the window are upper[start / f : (start + n_ctx) / f]. Items:
+    dict(tokens (n_ctx,), upper (n_ctx / f,) for upsamplers, offset, total_length, artist, genre, lyrics, path)."""
 
     def __init__(self, root, vqvae, level, n_ctx, seed=0, min_seconds=None, max_seconds=math.inf, aug_shift=False,
                  cache=None):
@@ -312,10 +308,8 @@ class CodeDataset(AudioDataset):
 
 IDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ids")  # label versions: PriorConfig.label_version
 MAX_GENRES = {2: 5, 3: 1}  # genre ids in y (official max_bow_genre_size): v2 a bag of words, v3 one genre
-LYRIC_VOCAB = {  # id = position + 1; 0 is padding / unknown
-    2: string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-+'\"()[] \t\n",  # 79 chars
-    3: string.ascii_uppercase + string.ascii_lowercase + string.digits + ".,:;!?-'\"()[] \t\n",  # 78, no '+'
-}
+ALPHANUMERIC = string.ascii_uppercase + string.ascii_lowercase + string.digits  # a lyric id is position + 1; 0 pads
+LYRIC_VOCAB = {2: ALPHANUMERIC + ".,:;!?-+'\"()[] \t\n", 3: ALPHANUMERIC + ".,:;!?-'\"()[] \t\n"}  # 79 / 78 (no '+')
 
 
 def lyric_vocab_size(version):  # 80 for version 2, 79 for version 3 (the characters plus the padding id 0)
@@ -353,12 +347,10 @@ def _lookup(name, kind, version):
 
 
 def names_like(kind, version, query=""):  # [(id, name)]: the whole table, or names containing QUERY, then the closest
-    table = load_ids(kind, version)
-    if not query:
-        return list(table.items())
-    key = normalize_name(query, version)
-    names = sorted((name for name in table if key in name), key=lambda name: (len(name), name))
-    return [(table[n], n) for n in names + [n for n in closest_names(query, kind, version, n=10) if n not in names]]
+    table, key = load_ids(kind, version), normalize_name(query, version)
+    names = sorted((n for n in table if key in n), key=lambda n: (len(n), n)) if query else list(table)  # shortest 1st
+    close = [n for n in closest_names(query, kind, version, n=10) if n not in names] if query else []  # e.g. typos
+    return [(table[n], n) for n in names + close]
 
 
 def artist_id(name, version):  # the artist's id in the version's table, 0 (unknown) with a warning if absent
@@ -366,11 +358,10 @@ def artist_id(name, version):  # the artist's id in the version's table, 0 (unkn
 
 
 def genre_ids(name, version):
-    """MAX_GENRES[version] genre ids padded with -1. v2: a bag of words ("Country Rock" -> country, rock; the first
-    5 words, with a warning for more), v3: one name. Unknown words map to 0 with a warning."""
+    """MAX_GENRES[version] ids, -1 padded: v2 up to 5 words ("Country Rock": country, rock), v3 one name; unknown 0."""
     words = normalize_name(name, version).split("_") if version == 2 else [name]
     if len(words) > MAX_GENRES[version]:
-        words = words[:MAX_GENRES[version]]
+        words = words[:MAX_GENRES[version]]  # the first ones, with the warning below
         warnings.warn(f"genre {name!r} has more than {MAX_GENRES[version]} words; keeping {words}")
     return [_lookup(word, "genre", version) for word in words] + [-1] * (MAX_GENRES[version] - len(words))
 
