@@ -1,9 +1,10 @@
-"""Benchmarks: `python bench.py {vqvae,attention,sampling,training}`.
+"""Benchmarks: `python bench.py {vqvae,attention,sampling,training,memory}`.
 
 Each section prints one table measured in a single run on this machine, as ratios where a baseline exists,
 so the figures compare like with like. Not a test: nothing here asserts a speed.
 """
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -211,9 +212,75 @@ def bench_training(args):
               flush=True)
 
 
+# ---- memory -----------------------------------------------------------------------------------------
+def saved_activation_bytes(config, checkpointing):
+    """Bytes the autograd graph keeps for the backward pass of one training window (fp32, batch 1)."""
+    from prior import Prior, window_y
+    torch.manual_seed(0)
+    model = Prior(dataclasses.replace(config, gradient_checkpointing=checkpointing)).train()
+    y = window_y(config, 0, [0], 60 * config.sample_rate)[None]
+    tokens = torch.randint(config.codebook_size, (1, config.n_ctx))
+    upper = None if config.is_top else torch.randint(config.codebook_size, (1, config.n_ctx // 4))
+    seen, total = set(), [0]
+
+    def keep(t):  # count each storage once: views of one tensor share it
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total[0] += t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(tokens, y, upper)
+    return total[0]
+
+
+def bench_memory(args):
+    """GPU memory per process to train the released priors, COMPUTED (not measured on a GPU), micro-batch 1.
+
+    Parameters P (counted on the meta device) and the blocks' share of them; DDP keeps on every GPU the fp32
+    weights, gradients and Adam's two moments: 16 bytes per parameter. FSDP (one unit per block, then the
+    root) keeps 16 bytes per parameter / N, plus the unsharded working set: the root's parameters (embeddings,
+    output layer, conditioner: bf16 copy + fp32 gradient = 6 bytes each) and two blocks at a time (prefetch:
+    bf16 weights and fp32 gradients, 12 bytes per block parameter). Activations: the bytes autograd keeps per
+    token and per unit of width for one block, MEASURED here on the `bench` prior in fp32 (with and without
+    --grad-checkpoint) and halved for bf16 autocast, times n_ctx * width * depth, plus the logits
+    (n_ctx * vocab, fp32, and their gradient). Not counted: the CUDA context, allocator fragmentation,
+    temporary buffers of the kernels (~10-20 % in practice)."""
+    from prior import Prior, preset
+    bench = preset("bench", level=2)
+    per_block = {}
+    for checkpointing in (False, True):
+        deep = saved_activation_bytes(bench, checkpointing)
+        shallow = saved_activation_bytes(dataclasses.replace(bench, attention=bench.attention[:3]), checkpointing)
+        per_block[checkpointing] = (deep - shallow) / (bench.depth - 3) / (bench.n_ctx * bench.width) / 2  # bf16
+    print(f"# measured activation bytes per token x width x block (bf16): {per_block[False]:.2f} plain, "
+          f"{per_block[True]:.2f} with --grad-checkpoint")
+    print("| prior | parameters | checkpointing | DDP | FSDP x8 | FSDP x64 |")
+    print("|---|---|---|---|---|---|")
+    for name in ("5b", "5b_lyrics", "1b_lyrics", "upsampler_level_0"):
+        config = preset(name)
+        with torch.device("meta"):
+            model = Prior(config)
+        params = sum(p.numel() for p in model.parameters())
+        blocks = [b for t in model.transformers() for b in t.blocks]
+        block_params = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+        root = params - sum(sum(p.numel() for p in b.parameters()) for b in blocks)
+        logits = config.seq_len * config.vocab_size * 4 * 2  # fp32 logits and their gradient
+        for checkpointing in (False, True):
+            # with checkpointing one block's full activations are live again during its backward
+            activations = per_block[checkpointing] * config.seq_len * config.width * config.depth + logits
+            if checkpointing:
+                activations += per_block[False] * config.seq_len * config.width
+            ddp = 16 * params + activations
+            fsdp = [16 * params / n + 6 * root + 2 * 12 * block_params + activations for n in (8, 64)]
+            gb = lambda b: f"{b / 1e9:.1f} GB"
+            print(f"| {name} | {params / 1e9:.2f} B | {'yes' if checkpointing else 'no'} | {gb(ddp)} | "
+                  f"{gb(fsdp[0])} | {gb(fsdp[1])} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["vqvae", "attention", "sampling", "training"], help="what to measure")
+    parser.add_argument("section", choices=["vqvae", "attention", "sampling", "training", "memory"],
+                        help="what to measure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="sampling: precision of the transformer blocks")
@@ -221,7 +288,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
     {"vqvae": bench_vqvae, "attention": bench_attention, "sampling": bench_sampling,
-     "training": bench_training}[args.section](args)
+     "training": bench_training, "memory": bench_memory}[args.section](args)
 
 
 if __name__ == "__main__":
