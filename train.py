@@ -6,19 +6,14 @@ Defaults follow the original's hparams.py; RECIPE holds what its released models
     python train.py --stage vqvae --data DIR ...                       # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=8 train.py --stage top ...  # a process per GPU: DDP, or --fsdp
 
-Stages: `vqvae` trains the 3-level VQ-VAE on audio windows; `top`, `middle`, `bottom` train the prior of level 2,
-1, 0 on the codes of a frozen VQ-VAE (--vqvae), each song encoded once into a code cache (data.CodeDataset), with
-the label vector y (timing, artist, genre, lyrics) of each window from the songs' `<stem>.json`.
-
-Reading order: 1. main() and train(): the torchrun block, then the loop on one screen, as nanoGPT's. 2. VQVAEStage
-and PriorStage: what differs per stage. 3. Run: the training state and the steps the loop calls.
-4. The checkpoint API the other scripts import: find_checkpoint, read_checkpoint, build_model, load_vqvae,
-check_pair -- one loader, one EMA rule, one pairing check.
+Stages: `vqvae` trains the 3-level VQ-VAE on audio windows; `top`, `middle`, `bottom` the prior of level 2, 1, 0
+on the code cache (data.CodeDataset) of a frozen VQ-VAE (--vqvae), with each window's label vector y. Reading
+order: 1. main() and train(): the torchrun block, the loop on one screen (as nanoGPT's). 2. VQVAEStage, PriorStage:
+what differs per stage. 3. Run: the training state and the loop's steps. 4. The checkpoint API of the other scripts.
 
 Every window is a pure function of its index, so N processes see the samples of one. Checkpoints keep the trained
-weights under "model" and the parameter EMA under "ema" (the original saved the EMA swapped in); the VQ-VAE codebooks
-take one EMA step per micro-batch (the original had no accumulation). Shapes: B batch, T samples, N codes of the
-prior's level (n_ctx), n_y the label vector.
+weights under "model", the parameter EMA under "ema" (the original saved the EMA swapped in); VQ-VAE codebooks take
+one EMA step per micro-batch. Shapes: B batch, T samples, N codes of the prior's level (n_ctx), n_y the label vector.
 """
 import argparse
 import dataclasses
@@ -33,7 +28,6 @@ from contextlib import nullcontext
 from datetime import timedelta
 from itertools import count
 
-import soundfile as sf
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint.state_dict as dcp
@@ -86,20 +80,18 @@ FULL = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole ten
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # a mistyped flag is a user error like any other: one line, exit code 2
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        self.exit(2, f"error: {message}\n")  # argparse's exit: the message to stderr, then sys.exit
 
 
 def build_parser():
-    p = Parser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-               description="Train a Jukebox stage (VQ-VAE or a prior); run under torchrun for DDP or --fsdp.")
+    p = Parser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n")[0])
     arg = p.add_argument  # every flag of the command line, in the order -h lists them
     arg("--stage", required=True, choices=list(STAGES), help="the VQ-VAE, or the prior of level 2, 1 or 0")
     arg("--data", required=True, help="folder of audio, each with an optional <stem>.json {artist, genre, lyrics}")
     arg("--out", help="run folder for checkpoints and metrics.jsonl (default runs/STAGE)")
     arg("--preset", help="vqvae.preset() or prior.preset() name (default: the released model of the stage)")
-    arg("--lyrics", default="none", choices=["none", "encoder", "merged"], help="tiny/small top priors: lyrics as "
-        "5b_lyrics (encoder) or 1b_lyrics (merged)")
+    arg("--lyrics", default="none", choices=["none", "encoder", "merged"], help="tiny/bench top priors: "
+        "lyrics as 5b_lyrics (encoder) or 1b_lyrics (merged)")
     arg("--vqvae", help="prior stages: the frozen VQ-VAE, a train.py checkpoint or run folder, or vqvae.pth.tar")
     arg("--codes", help="prior stages: the code cache folder (default DATA/.jukebox_codes)")
     arg("--resume", help="continue the run of this checkpoint or run folder; hyperparameters must be the run's")
@@ -121,11 +113,11 @@ def check_flags(args, ddp, use_cuda):
         value, (low, high) = getattr(args, name), map(float, interval[1:-1].split(","))
         if value is not None and not ((low <= value if interval[0] == "[" else low < value) and value < high):
             raise UserError(f"--{name.replace('_', '-')} {value}: must be in {interval}")
-    if args.eval_every and not args.eval_data:
+    if args.eval_every and not args.eval_data:  # nothing to evaluate on
         raise UserError("--eval-every needs --eval-data DIR, a folder of held-out songs")
     if (args.stage == "vqvae" and (args.fsdp or args.grad_checkpoint)) or (args.stage != "vqvae" and args.aug_blend):
         raise UserError("--fsdp and --grad-checkpoint are for prior stages, --aug-blend for --stage vqvae only")
-    if args.fsdp and not ddp:
+    if args.fsdp and not ddp:  # one process has nothing to shard over
         raise UserError("--fsdp shards over processes: start it with torchrun --nproc_per_node=N train.py ...")
     if use_cuda and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
@@ -147,16 +139,17 @@ def train(args, rank, world, device):
     ckpt = resume_check(args, run_config)  # None for a fresh run
     torch.manual_seed(args.seed)  # the same init on every rank
     stage = (VQVAEStage if args.stage == "vqvae" else PriorStage)(args, ckpt, device)
-    run = Run(args, stage, ckpt, rank, world, device, plan)
+    run = Run(args, stage, ckpt, rank, world, device, plan)  # the training state, resumed from ckpt if given
     # At step s rank r reads the global samples s * batch_size + r * local_batch + j, in micro-batches, forever.
     indices = (s * args.batch_size + rank * local_batch + j for s in count(run.start_step) for j in range(local_batch))
     batches = iter(torch.utils.data.DataLoader(stage.dataset, batch_size=micro_batch, sampler=indices,
                                                num_workers=args.workers, pin_memory=device.type == "cuda",
                                                generator=torch.Generator()))  # spares the global random stream
-    run.announce(run_config)
-    for step in range(run.start_step, args.steps):
+    if rank == 0:  # the one process that prints, as nanoGPT's master_process
+        run.announce(run_config)
+    for step in range(run.start_step, args.steps):  # a resumed run goes on from its checkpoint's step
         for group in run.optimizer.param_groups:
-            group["lr"] = learning_rate(step, args)
+            group["lr"] = learning_rate(step, args)  # a pure function of the step: resumes exactly
         inputs = run.step(batches, step)  # micro-batches, backward, clip, AdamW, EMA
         done = step + 1  # rows, evaluations and checkpoints are named by the steps done
         if done % args.log_every == 0 or done == args.steps:
@@ -170,12 +163,12 @@ def train(args, rank, world, device):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # argv None: the command line; recipe.py and tests pass a list
     ddp = "RANK" in os.environ  # the torchrun block: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; else one process
     rank, local_rank, world = (int(os.environ.get(name, default)) for name, default in
                               (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")  # one GPU per process
     try:
         check_flags(args, ddp, use_cuda)  # before anything is read or written
         if use_cuda:  # fp32 matmuls and convolutions on tensor cores, as nanoGPT
@@ -225,9 +218,9 @@ class VQVAEStage:
         return (batch["audio"].to(device),)  # (B, T, 1)
 
     def listen(self, model, inputs, prefix, step):  # the batch's first window and its reconstruction by each level
-        write_audio(f"{prefix}_input.wav", inputs[0][:1], self.config.sample_rate)
+        data.write_audio(f"{prefix}_input.wav", inputs[0][:1], self.config.sample_rate)
         for level, codes in enumerate(model.encode(inputs[0][:1])):
-            write_audio(f"{prefix}_recon_l{level}.wav", model.decode(codes, level), self.config.sample_rate)
+            data.write_audio(f"{prefix}_recon_l{level}.wav", model.decode(codes, level), self.config.sample_rate)
 
 
 class PriorStage:
@@ -235,7 +228,7 @@ class PriorStage:
     eval_names = {"loss": "eval_loss", "gen_loss": "eval_bits"}  # evaluate(): bits per music token
 
     def __init__(self, args, ckpt, device):
-        if args.vqvae is None:
+        if args.vqvae is None:  # a prior learns the codes of one VQ-VAE
             raise UserError(f"--stage {args.stage} needs --vqvae PATH: a train.py vqvae checkpoint or vqvae.pth.tar")
         self.level, self.vqvae = STAGES[args.stage], load_vqvae(args.vqvae).to(device).eval().requires_grad_(False)
         vq = self.vqvae.config  # the VQ-VAE whose codes the prior learns
@@ -273,12 +266,8 @@ class PriorStage:
         tokens, y, upper = inputs  # (B, N), (B, n_y), (B, N/4) or None
         generator = torch.Generator(y.device).manual_seed(step)  # leaves the training RNG untouched
         sampled = model.sample(y[:1], None if upper is None else upper[:1], generator=generator)  # (1, N)
-        write_audio(f"{prefix}_sample.wav", self.vqvae.decode(sampled, self.level), self.config.sample_rate)
-        write_audio(f"{prefix}_data.wav", self.vqvae.decode(tokens[:1], self.level), self.config.sample_rate)
-
-
-def write_audio(path, audio, sample_rate):  # (1, T, 1) float -> a 16-bit wav, clipped to [-1, 1]
-    sf.write(path, audio[0, :, 0].clamp(-1, 1).float().cpu().numpy(), sample_rate, subtype="PCM_16")
+        data.write_audio(f"{prefix}_sample.wav", self.vqvae.decode(sampled, self.level), self.config.sample_rate)
+        data.write_audio(f"{prefix}_data.wav", self.vqvae.decode(tokens[:1], self.level), self.config.sample_rate)
 
 
 # ---- 3. the training state and the steps of the loop ---------------------------------------------------------
@@ -301,16 +290,14 @@ def resume_check(args, run_config):
 
 
 def learning_rate(step, args):
-    """Linear warmup from 0 over --warmup steps; from --lr-decay-start on, linear decay to 0 over --lr-decay steps
-    (the original's lr_warmup, lr_use_linear_decay, lr_start_linear_decay, lr_decay)."""
+    """Linear warmup from 0 over --warmup steps, then linear decay to 0 over --lr-decay steps from --lr-decay-start."""
     warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0  # 0 -> lr over the first --warmup steps
     decay = max(0.0, 1.0 - max(0, step - args.lr_decay_start) / args.lr_decay) if args.lr_decay else 1.0
     return args.lr * warm * decay
 
 
 class Run:
-    """The training state -- the model and its wrapper, AdamW, the GradScaler, the EMA, the random streams -- and
-    the steps of the loop that use it. Resumed from `ckpt` when given."""
+    """The training state (model, wrapper, AdamW, GradScaler, EMA, RNG; resumed from `ckpt`) and the loop's steps."""
 
     def __init__(self, args, stage, ckpt, rank, world, device, plan):
         self.args, self.stage, self.rank, self.world, self.device, self.plan = args, stage, rank, world, device, plan
@@ -329,7 +316,7 @@ class Run:
         self.ema = {n: p.detach().clone().float() for n, p in model.named_parameters()} if args.ema_decay else None
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
                                            eps=args.eps, weight_decay=args.weight_decay)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")  # a pass-through unless fp16
         if ckpt is not None:  # whole tensors by parameter name, cut into this rank's shards
             whole = dcp.StateDictOptions(full_state_dict=True)  # not cpu_offload: load onto this rank's device
             dcp.set_model_state_dict(model, ckpt["model"], options=whole)
@@ -347,16 +334,14 @@ class Run:
         self.interval = {"time": time.time(), "step": self.start_step, "skipped": 0, "sums": {}}  # since the last row
 
     def announce(self, run_config):
-        """Rank 0 prints the resolved configuration and the run's shape, and drops the .tmp of a killed save."""
+        """Print the resolved configuration and the run's shape (rank 0), and drop the .tmp of a killed save."""
         args, songs, (_, micro_batch, accum) = self.args, self.stage.dataset, self.plan
-        if self.rank:
-            return
         os.makedirs(args.out, exist_ok=True)  # metrics.jsonl and checkpoints live here
-        for stray in glob.glob(os.path.join(args.out, "*.tmp")):
+        for stray in glob.glob(os.path.join(args.out, "*.tmp")):  # a .tmp is a save that was killed
             os.remove(stray)
         print(f"train: {json.dumps(run_config | {k: getattr(args, k) for k in sorted(RESUMABLE - {'resume'})})}\n"
-              f"model: {json.dumps(dataclasses.asdict(self.stage.config))}")
-        print(f"data: {len(songs.paths)} songs, {songs.lengths.sum() / self.stage.config.sample_rate / 3600:.2f} h, "
+              f"model: {json.dumps(dataclasses.asdict(self.stage.config))}\n"
+              f"data: {len(songs.paths)} songs, {songs.lengths.sum() / self.stage.config.sample_rate / 3600:.2f} h, "
               f"{len(songs)} windows; left out {songs.dropped_short} too short, {songs.dropped_long} too long\n"
               f"run: {self.world} process(es) x {accum} micro-batch(es) of {micro_batch} = global batch "
               f"{args.batch_size} | {sum(p.numel() for p in self.model.parameters()):,} parameters | {self.device}"
@@ -369,8 +354,7 @@ class Run:
                       for k, v in {"loss": loss, **metrics}.items()}
 
     def step(self, batches, step):
-        """One optimizer step: micro-batches (gradients all-reduced at the last only), scaled backward, clipping,
-        AdamW, EMA, and the figures for the progress row. Returns the last micro-batch's inputs."""
+        """One optimizer step: micro-batches, backward, clipping, AdamW, EMA, progress row; returns the last inputs."""
         args, (_, _, accum), sums = self.args, self.plan, 0
         for micro_step in range(accum):
             inputs, last = self.stage.inputs(next(batches), self.device), micro_step == accum - 1
@@ -386,13 +370,13 @@ class Run:
         if not math.isfinite(figures["loss"]) and not self.scaler.is_enabled():  # fp16 skips such steps instead
             raise UserError(f"loss became {figures['loss']} at step {step}; nothing saved for it. Lower --lr and "
                             f"--resume {args.out} from the last good checkpoint")
-        self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip if args.clip > 0 else math.inf)
         scale = self.scaler.get_scale()  # the fp16 loss scale before this step
         self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is not finite, and the scale lowered
         self.scaler.update()  # fp16: halved after a skip, grown after 2000 good steps
         self.optimizer.zero_grad(set_to_none=True)  # set_to_none: the memory is freed until the next backward
-        skipped = self.scaler.get_scale() < scale
+        skipped = self.scaler.get_scale() < scale  # a lowered scale means the step was skipped
         self.skipped_in_row = self.skipped_in_row + 1 if skipped else 0
         if self.skipped_in_row >= args.max_skipped:
             raise UserError(f"fp16: {self.skipped_in_row} steps in a row had non-finite gradients; lower --lr or use "
@@ -400,21 +384,17 @@ class Run:
         figures["grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # before clipping
         if self.scaler.is_enabled():
             figures["loss_scale"] = self.scaler.get_scale()  # the next step's
-        if not skipped:  # the weights changed: the EMA follows
-            self.update_ema()
+        if not skipped and self.ema is not None:  # the weights changed: ema <- decay * ema + (1 - decay) * weights
+            with torch.no_grad():  # the EMA is not part of the graph
+                for n, p in self.model.named_parameters():
+                    self.ema[n].lerp_(p.detach().float(), 1.0 - args.ema_decay)
         self.interval["skipped"] += skipped  # counted, not hidden: the row shows how many
         for k, v in figures.items():  # the progress row averages every step since the last one
             self.interval["sums"][k] = self.interval["sums"].get(k, 0.0) + v
         return inputs
 
-    def update_ema(self):  # ema <- decay * ema + (1 - decay) * weights
-        with torch.no_grad():  # the EMA is not part of the graph
-            for n, p in self.model.named_parameters() if self.ema is not None else ():
-                self.ema[n].lerp_(p.detach().float(), 1.0 - self.args.ema_decay)
-
     def log(self, done, figures=None):
-        """A metrics.jsonl row and a progress line, by rank 0: the mean training figures since the last row with
-        speed and ETA, or the figures of an evaluation."""
+        """A metrics.jsonl row and a progress line (rank 0): training means since the last row, or `figures`."""
         args, now, interval = self.args, time.time(), self.interval
         if figures is None:  # a training row
             steps, elapsed = done - interval["step"], now - interval["time"]  # steps and seconds since the last row
@@ -425,17 +405,16 @@ class Run:
                 figures["tokens_per_s"] = figures["samples_per_s"] * self.stage.tokens_per_sample
             self.interval = {"time": now, "step": done, "skipped": 0, "sums": {}}
         if self.rank == 0:
-            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:  # one JSON object per line
                 f.write(json.dumps({"step": done, **figures}) + "\n")
             # Per-level figures (_l0 .. _l2) stay in metrics.jsonl, but for the VQ-VAE's codebook usage.
             shown = {k: v for k, v in figures.items() if k[-3:-1] != "_l" or k.startswith(("usage", "eval"))}
             print(f"step {done}/{args.steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
 
     def evaluate(self):
-        """Mean figures of the trained weights on the first --eval-windows held-out windows: every rank evaluates as
-        many micro-batches of its share (FSDP's forward needs all ranks), then the sums are all-reduced."""
+        """Mean figures of the trained weights on the first --eval-windows held-out windows, over every rank."""
         (_, micro_batch, _), windows, sums = self.plan, self.stage.eval_dataset, 0
-        rounds = -(-self.args.eval_windows // (self.world * micro_batch))  # micro-batches per rank
+        rounds = -(-self.args.eval_windows // (self.world * micro_batch))  # per rank; FSDP's forward needs every rank
         self.model.eval()  # VQ-VAE codebooks do not update in eval mode
         with torch.no_grad():
             for r in range(rounds):
@@ -458,10 +437,11 @@ class Run:
                 model.load_state_dict(state)
             with torch.no_grad():
                 self.stage.listen(model.eval(), inputs, os.path.join(self.args.out, f"step_{step:07d}"), step)
-            model.train()
+            model.train()  # back to training mode: the VQ-VAE's codebooks learn again
 
     def save(self, step, run_config):
-        """A checkpoint: every rank takes part (the RNG states, the gathers), rank 0 writes it atomically."""
+        """A checkpoint: every rank takes part (the RNG states, the gathers); rank 0 writes it atomically (a crash
+        mid-write leaves a stray .tmp, never a truncated ckpt_*.pt) and keeps the newest --keep."""
         cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
         rngs = [{"cpu": torch.get_rng_state(), "cuda": cuda}] * self.world  # every rank's stream, for an exact resume
         if self.world > 1:
@@ -482,13 +462,21 @@ class Run:
                     "train": run_config, "model": model_state, "ema": ema_state,
                     "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "rng": rngs,
                     "data_position": step * self.args.batch_size, **self.stage.extra}
-            print(f"saved {save_checkpoint(ckpt, self.args.out, self.args.keep)}", flush=True)
+            path = os.path.join(self.args.out, f"ckpt_{step:07d}.pt")
+            with open(path + ".tmp", "wb") as f:
+                torch.save(ckpt, f)
+                f.flush()  # Python's buffer, then the OS's (fsync) below
+                os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+            os.replace(path + ".tmp", path)  # atomic on POSIX: the old state or the new file, nothing between
+            for old in checkpoint_paths(self.args.out)[:-self.args.keep] if self.args.keep > 0 else []:  # oldest 1st
+                os.remove(old)
+            print(f"saved {path}", flush=True)
 
 
 # ---- 4. checkpoints: one dict of explicit keys, plain data and tensors (torch.load(weights_only=True)) --------
 
 def checkpoint_paths(folder):  # a run's checkpoints, oldest first
-    return sorted(glob.glob(os.path.join(folder, "ckpt_*.pt")))
+    return sorted(glob.glob(os.path.join(folder, "ckpt_*.pt")))  # zero-padded steps: name order is step order
 
 
 def find_checkpoint(path, stage, flag):  # a checkpoint file, or a run folder -> its newest ckpt_*.pt
@@ -498,8 +486,7 @@ def find_checkpoint(path, stage, flag):  # a checkpoint file, or a run folder ->
 
 
 def read_checkpoint(path, stage, flag):
-    """The train.py checkpoint of `stage` at `path` (file or run folder), memory-mapped; UserError naming the flag,
-    the file and the fix when it is missing, unreadable, not train.py's, or of another stage."""
+    """`stage`'s train.py checkpoint at `path` (file or run folder), memory-mapped; else a UserError naming the fix."""
     path, written_by = find_checkpoint(path, stage, flag), f"pass a checkpoint written by `train.py --stage {stage}`"
     if not os.path.isfile(path):
         raise UserError(f"{flag} {path}: no such file; {written_by}")  # e.g. a typo in the path
@@ -510,18 +497,17 @@ def read_checkpoint(path, stage, flag):
     if not isinstance(ckpt, dict) or ckpt.get("stage") not in STAGES or "config" not in ckpt:
         raise UserError(f"{flag} {path}: not a train.py checkpoint (no stage/config); {written_by}")
     if ckpt["stage"] != stage:
-        right = "--vqvae" if ckpt["stage"] == "vqvae" else f"--{ckpt['stage']}"  # the flag that takes it
-        raise UserError(f"{flag} {path}: is a '{ckpt['stage']}' checkpoint, not '{stage}'; pass it to {right}")
+        raise UserError(f"{flag} {path}: is a '{ckpt['stage']}' checkpoint, not '{stage}'; pass it to "
+                        f"--{ckpt['stage']}")
     return ckpt
 
 
 def build_model(ckpt):
-    """The model of a checkpoint, in eval mode: its config and the EMA weights when it has them (they sample and
-    evaluate better; the original saved only those), else the trained weights."""
+    """A checkpoint's model in eval mode, with the EMA weights when it has them (the original saved only those)."""
     model_class, config_class = (vqvae.VQVAE, vqvae.VQVAEConfig) if ckpt["stage"] == "vqvae" else (prior.Prior,
                                                                                                    prior.PriorConfig)
     model = model_class(config_class(**ckpt["config"]))  # the dataclass fields of the config, rebuilt
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])  # the one EMA rule
     return model.eval()  # eval mode: no dropout, no codebook updates
 
 
@@ -532,14 +518,13 @@ def load_vqvae(path, flag="--vqvae"):
     if not os.path.isfile(path):  # the official loader would name the file too, less plainly
         raise UserError(f"{flag} {path}: no such file; pass the released vqvae.pth.tar or a train.py checkpoint")
     try:
-        return official.load_vqvae(path)
+        return official.load_vqvae(path)  # the original's format, its key names translated
     except UserError as e:  # e.g. no such file, or not the released VQ-VAE
         raise UserError(f"{flag}: {e}") from None
 
 
 def check_pair(prior_config, vqvae_config, trained_on, path, flag):
-    """A prior models the codes of one VQ-VAE: UserError when the VQ-VAE's codebook, hops or rate differ from the
-    prior's, or when `trained_on` (the VQ-VAE config saved with the prior; None for released priors) differs."""
+    """UserError unless the VQ-VAE matches the prior (codebook, hops, rate) and `trained_on`, the one it learnt from."""
     for field in ("codebook_size", "hop_lengths", "sample_rate"):  # (both configs hold tuples, also read back)
         ours, theirs = getattr(prior_config, field), getattr(vqvae_config, field)
         if ours != theirs:
@@ -549,19 +534,6 @@ def check_pair(prior_config, vqvae_config, trained_on, path, flag):
     if differ:  # one config field is enough to refuse
         raise UserError(f"{flag} {path}: this prior was trained on another VQ-VAE (config differs in "
                         f"{', '.join(differ[:4])}); pass the --vqvae it was trained with")
-
-
-def save_checkpoint(ckpt, folder, keep):
-    """Write atomically (a crash mid-write leaves a stray .tmp, never a truncated ckpt_*.pt); keep the newest."""
-    path = os.path.join(folder, f"ckpt_{ckpt['step']:07d}.pt")
-    with open(path + ".tmp", "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()  # Python's buffer, then the OS's (fsync) below
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-    os.replace(path + ".tmp", path)  # atomic on POSIX: the old state or the new file, nothing between
-    for old in checkpoint_paths(folder)[:-keep] if keep > 0 else []:  # oldest first, so the newest `keep` stay
-        os.remove(old)
-    return path
 
 
 if __name__ == "__main__":
