@@ -100,7 +100,7 @@ class Attention(nn.Module):
             q = self.c_attn(x)  # (B, T, S)
             if position is None or position == 0:
                 kv = self.c_enc_kv(encoder_kv.to(x.dtype))  # (B, E, 2S)
-                assert kv.shape[1] == self.encoder_len, f"encoder_kv has {kv.shape[1]} positions, not {self.encoder_len}"
+                assert kv.shape[1] == self.encoder_len, f"encoder_kv: {kv.shape[1]} positions, not {self.encoder_len}"
                 if position == 0:
                     self.cache.copy_(kv)  # the encoder's keys and values serve every later position
             else:

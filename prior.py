@@ -224,7 +224,8 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x):
         if x.dtype == self.weight.dtype == torch.float32:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        h = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return h.to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -301,11 +302,8 @@ class Transformer(nn.Module):
         return h + self.pos_embedding[position:position + h.shape[1]]
 
     def forward(self, h, encoder_kv=None, position=None):
-        """(B, t, W) inputs -> (B, t, W) float32 activations. position: see Attention.forward (None = training).
-
-        The blocks run in block_dtype: with half-precision weights (the official fp16 sampling) their inputs
-        are cast to it; LayerNorm and softmax stay in float32 inside.
-        """
+        """(B, t, W) inputs -> (B, t, W) float32 activations; position: see Attention.forward (None = training).
+        The blocks run in block_dtype (half with half_blocks); LayerNorm and softmax stay float32 inside."""
         h = h.to(self.block_dtype)
         encoder_kv = None if encoder_kv is None else encoder_kv.to(self.block_dtype)
         use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -316,10 +314,6 @@ class Transformer(nn.Module):
             else:
                 h = block(h, encoder_kv=kv, position=position)
         return h.float()
-
-    def start_cache(self, batch, device):
-        for block in self.blocks:
-            block.attn.start_cache(batch, self.block_dtype, device)
 
 
 # ---- conditioning: the codes of the level above (upsamplers) ------------------------------------------
@@ -439,7 +433,7 @@ class LyricEncoder(nn.Module):
 # ---- the prior ----------------------------------------------------------------------------------------
 def bits(logits, targets):
     """Mean cross-entropy in bits per token: logits (B, t, V), targets (B, t)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)  # (B*t, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / math.log(2.0)  # over (B*t, V)
 
 
 def filter_logits(logits, top_k=0, top_p=0.0):
@@ -471,10 +465,11 @@ class Sampling:
 
 @dataclass
 class Window:
-    """The conditioning of one sampling window, computed once: see Prior.condition."""
-    start: torch.Tensor            # (B, 1, W) start embedding
-    cond: torch.Tensor             # (B, L, W) per-position conditioning
-    encoder_kv: torch.Tensor       # (B, E, W) the lyric encoder's output, or None
+    """The conditioning of one window, computed once (Prior.condition): start embedding (B, 1, W), per-position
+    conditioning (B, L, W), the lyric encoder's output (B, E, W) or None."""
+    start: torch.Tensor
+    cond: torch.Tensor
+    encoder_kv: torch.Tensor
 
 
 class Prior(nn.Module):
@@ -538,9 +533,7 @@ class Prior(nn.Module):
         """Music tokens (B, T) -> the transformer's token sequence (B, L): "merged" puts the window's lyric
         characters first and shifts the music ids past the character ids."""
         c = self.config
-        if c.lyrics != "merged":
-            return tokens
-        return torch.cat([y[:, c.n_labels:], tokens + c.lyric_vocab], dim=1)
+        return tokens if c.lyrics != "merged" else torch.cat([y[:, c.n_labels:], tokens + c.lyric_vocab], dim=1)
 
     def activations(self, window, prev_tokens, position=None):
         """The blocks' output (B, t, W) at positions position .. position+t-1, given the tokens before them
@@ -597,7 +590,8 @@ class Prior(nn.Module):
 
     def start_cache(self, batch, device):
         """Empty attention caches for `batch` new sequences (sample() does this for each window)."""
-        self.transformer.start_cache(batch, device)
+        for block in self.transformer.blocks:  # the lyric encoder runs once per window, without a cache
+            block.attn.start_cache(batch, self.transformer.block_dtype, device)
 
     def draw(self, logits, sampling, generator=None):
         """One token per row of logits (B, V): temperature, optional filtering, then a categorical draw."""
@@ -610,15 +604,11 @@ class Prior(nn.Module):
 
     @torch.no_grad()
     def sample(self, y, upper=None, prime=None, length=None, sampling=Sampling(), generator=None, progress=None):
-        """Codes (B, length) of one window, B = len(y), starting with `prime` (B, P) if given.
-
-        The prime fills the attention caches in chunks of sampling.chunk_size positions; then each new token
-        costs one cached step. length defaults to the whole window (n_ctx). generator: a torch.Generator, for
-        reproducible samples. progress: called with B after each sampled position (e.g. a tqdm bar's update).
-
-        "merged" (1b_lyrics): the lyric characters in y are the first part of the prime. jukebox: the merged
-        vocabulary is not masked, a character id drawn at a music position becomes code 0 (see Sampling).
-        """
+        """Codes (B, length) of one window, B = len(y), starting with `prime` (B, P) if given; length defaults
+        to n_ctx. The prime fills the attention caches in chunks of sampling.chunk_size positions, then each new
+        token costs one cached step. generator: a torch.Generator, for reproducible samples; progress: called with
+        B after each sampled position (e.g. a tqdm bar's update). "merged" (1b_lyrics): the lyric characters in y
+        are the first part of the prime; jukebox: a character id drawn at a music position becomes code 0."""
         c = self.config
         n, length = len(y), c.n_ctx if length is None else length
         prime = y.new_zeros(n, 0) if prime is None else prime

@@ -25,9 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-# STFT (n_fft, hop, window) of the bandwidth estimate and of spectral convergence; fixed in the original
-# (DefaultSTFTValues), not a hyperparameter.
-DEFAULT_STFT = (2048, 256, 1536)
+DEFAULT_STFT = (2048, 256, 1536)  # (n_fft, hop, window) of the bandwidth and spectral convergence (fixed)
 
 
 @dataclass
@@ -53,7 +51,7 @@ class VQVAEConfig:
     stft_hop: tuple = (240, 120, 50)  # their hop lengths (multispec_loss_hop_length)
     stft_window: tuple = (1200, 600, 240)  # their Hann window lengths (multispec_loss_window_size)
     bandwidth_l2: float = 1.0  # audio variance, divides the l2 and linf terms; 1.0 = unset (bandwidth['l2'])
-    bandwidth_spec: float = 1.0  # mean |STFT| norm of one clip, divides the spectral loss; 1.0 = unset (bandwidth['spec'])
+    bandwidth_spec: float = 1.0  # mean |STFT| norm of a clip, divides the spectral loss (bandwidth['spec'])
 
     def __post_init__(self):
         # Configs come back from checkpoints with lists where tuples were; keep one type.
@@ -102,20 +100,14 @@ def preset(name):
 # Every container below is an nn.Sequential whose indices match the official one, so that state-dict keys
 # differ from the official ones only by the renames in the module docstring.
 class ResidualBlock(nn.Module):
-    """Pre-activation dilated residual block, no normalisation: x + res_scale * conv1x1(relu(conv3_dilated(relu(x)))).
-
-    Official ResConv1DBlock; the weights sit at indices 1 and 3 (`model.1`, `model.3`).
-    """
+    """Pre-activation dilated residual block without normalisation: x + res_scale * conv1x1(relu(conv3(relu(x))))
+    (official ResConv1DBlock; the weights sit at indices 1 and 3, `model.1` and `model.3`)."""
 
     def __init__(self, width, dilation, res_scale=1.0):
         super().__init__()
         self.res_scale = res_scale
-        self.layers = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation),  # keeps T
-            nn.ReLU(),
-            nn.Conv1d(width, width, 1),
-        )
+        self.layers = nn.Sequential(nn.ReLU(), nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation),
+                                    nn.ReLU(), nn.Conv1d(width, width, 1))  # the dilated conv keeps T
 
     def forward(self, x):  # (B, C, T) -> (B, C, T)
         return x + self.res_scale * self.layers(x)
@@ -138,10 +130,7 @@ class ResidualStack(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """`downs` x [strided conv (T -> T/stride), residual stack], then a conv to `out_channels`.
-
-    Official EncoderConvBlock.
-    """
+    """`downs` x [strided conv (T -> T/stride), residual stack], then a conv to `out_channels` (EncoderConvBlock)."""
 
     def __init__(self, in_channels, out_channels, downs, stride, width, depth, dilation_growth):
         super().__init__()
@@ -191,11 +180,8 @@ class Encoder(nn.Module):
     def __init__(self, config, level):
         super().__init__()
         D, width, depth = config.embedding_width, config.level_widths[level], config.level_depths[level]
-        self.blocks = nn.ModuleList(
-            EncoderBlock(1 if i == 0 else D, D, config.downs[i], config.strides[i], width, depth,
-                         config.dilation_growth)
-            for i in range(level + 1)
-        )
+        self.blocks = nn.ModuleList(EncoderBlock(1 if i == 0 else D, D, config.downs[i], config.strides[i], width,
+                                                 depth, config.dilation_growth) for i in range(level + 1))
 
     def forward(self, x):  # (B, 1, T) -> (B, D, T_level)
         for block in self.blocks:
@@ -209,11 +195,9 @@ class Decoder(nn.Module):
     def __init__(self, config, level):
         super().__init__()
         D, width, depth = config.embedding_width, config.level_widths[level], config.level_depths[level]
-        self.blocks = nn.ModuleList(
-            DecoderBlock(D, config.downs[i], config.strides[i], width, depth, config.dilation_growth,
-                         config.reverse_decoder_dilation)
-            for i in range(level + 1)
-        )
+        self.blocks = nn.ModuleList(DecoderBlock(D, config.downs[i], config.strides[i], width, depth,
+                                                 config.dilation_growth, config.reverse_decoder_dilation)
+                                    for i in range(level + 1))
         self.output = nn.Conv1d(D, 1, 3, padding=1)
 
     def forward(self, x):  # (B, D, T_level) -> (B, 1, T)
@@ -228,14 +212,10 @@ def _distributed():
 
 
 class Codebook(nn.Module):
-    """K code vectors of width D, learned by exponential moving averages rather than by gradients.
-
-    Each training step assigns every latent to its nearest code, moves each code to the running mean of
-    the latents assigned to it, and restarts codes whose running count fell below `restart_threshold` at
-    random latents of the current batch (§3.1), so no code stays dead. Under torch.distributed the batch
-    sums and counts are summed over ranks and rank 0 picks the restart vectors, so every rank keeps the
-    same codebook. Official BottleneckBlock.
-    """
+    """K code vectors of width D, learned by exponential moving averages rather than by gradients (official
+    BottleneckBlock). Each training step assigns every latent to its nearest code, moves each code to the running
+    mean of the latents assigned to it, and restarts codes whose running count fell below `restart_threshold` at
+    random latents of the batch (§3.1), so no code stays dead; under torch.distributed over all ranks' batches."""
 
     def __init__(self, size, width, ema_decay, restart_threshold):
         super().__init__()
@@ -292,12 +272,9 @@ class Codebook(nn.Module):
         return quantised, codes.view(B, T), commit_loss, metrics
 
     def _restart_candidates(self, x):
-        """K random rows of x (N, D); when N < K, x is first repeated and jittered so that K rows exist.
-
-        Under torch.distributed every rank's latents are pooled first and rank 0's choice is broadcast, so all
-        ranks keep the same codebook and N ranks draw from the same global batch as one process would.
-        (The original broadcasts rank 0's draw from rank 0's latents only.)
-        """
+        """K random rows of x (N, D); when N < K, x is first repeated and jittered so that K rows exist. Under
+        torch.distributed all ranks' latents are pooled and rank 0's choice is broadcast: every rank keeps the same
+        codebook, drawn from the global batch as one process would (the original drew from rank 0's latents)."""
         if _distributed():
             pool = [torch.empty_like(x) for _ in range(dist.get_world_size())]
             dist.all_gather(pool, x.contiguous())
@@ -397,10 +374,8 @@ class VQVAE(nn.Module):
         levels = range(config.levels)
         self.encoders = nn.ModuleList(Encoder(config, level) for level in levels)
         self.decoders = nn.ModuleList(Decoder(config, level) for level in levels)
-        self.codebooks = nn.ModuleList(
-            Codebook(config.codebook_size, config.embedding_width, config.ema_decay, config.restart_threshold)
-            for _ in levels
-        )
+        self.codebooks = nn.ModuleList(Codebook(config.codebook_size, config.embedding_width, config.ema_decay,
+                                                config.restart_threshold) for _ in levels)
 
     def _to_channels_first(self, audio):
         """(B, T, 1) -> (B, 1, T), with a clear error for anything the levels cannot tile."""
@@ -408,10 +383,8 @@ class VQVAE(nn.Module):
         if audio.dim() != 3 or audio.shape[-1] != 1:
             raise ValueError(f"audio must be (batch, samples, 1), got shape {tuple(audio.shape)}")
         if audio.shape[1] % hop != 0 or audio.shape[1] == 0:
-            raise ValueError(
-                f"audio length {audio.shape[1]} is not a multiple of the largest hop length {hop}; "
-                f"crop or pad it to a multiple of {hop} samples"
-            )
+            raise ValueError(f"audio length {audio.shape[1]} is not a multiple of the largest hop length {hop}; "
+                             f"crop or pad it to a multiple of {hop} samples")
         return audio.permute(0, 2, 1).float()  # (B, T, 1) -> (B, 1, T)
 
     @torch.no_grad()
@@ -465,14 +438,10 @@ class VQVAE(nn.Module):
 # ---- data statistics and metrics -------------------------------------------------------------------
 @torch.no_grad()
 def estimate_bandwidth(batches):
-    """Loss normalisers from training audio, as the original's calculate_bandwidth.
-
-    batches: a tensor (B, T, 1) or (B, T), or an iterable of them, cut to the training clip length (the
-    spectral norm grows with clip length). Returns dict(l2=variance of all samples, spec=mean over clips
-    of || |STFT| ||_F with the default STFT 2048/256/1536). Under torch.distributed the statistics are
-    summed over ranks. Store the result in the config:
-        config.bandwidth_l2, config.bandwidth_spec = b["l2"], b["spec"]
-    """
+    """Loss normalisers from training audio (the original's calculate_bandwidth), for config.bandwidth_l2 and
+    bandwidth_spec. batches: a tensor (B, T, 1) or (B, T), or an iterable of them, cut to the training clip
+    length (the spectral norm grows with it). Returns dict(l2=variance of all samples, spec=mean over clips of
+    || |STFT| ||_F with the default STFT 2048/256/1536), summed over ranks under torch.distributed."""
     if torch.is_tensor(batches):
         batches = [batches]
     total = None
@@ -492,10 +461,8 @@ def estimate_bandwidth(batches):
     return dict(l2=sum_sq / n - mean**2, spec=spec_sum / clips)
 
 
-def _clips(audio):
-    """(B, T, 1), (B, T) or (T,) -> (B, T)."""
-    if audio.dim() == 3:
-        audio = audio[..., 0]
+def _clips(audio):  # (B, T, 1), (B, T) or (T,) -> (B, T)
+    audio = audio[..., 0] if audio.dim() == 3 else audio
     return audio.reshape(-1, audio.shape[-1])
 
 
