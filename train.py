@@ -83,8 +83,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")  # argparse's exit: the message to stderr, then sys.exit
 
 
+class Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # "(default: X)" only where there is one the help does not already name
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
 def build_parser():
-    p = Parser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n")[0])
+    p = Parser(formatter_class=Defaults, description=__doc__.split("\n")[0])
     arg = p.add_argument  # every flag of the command line, in the order -h lists them
     arg("--stage", required=True, choices=list(STAGES), help="the VQ-VAE, or the prior of level 2, 1 or 0")
     arg("--data", required=True, help="folder of audio, each with an optional <stem>.json {artist, genre, lyrics}")
