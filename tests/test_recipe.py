@@ -31,6 +31,8 @@ def test_quick_recipe_writes_every_promised_file(quick_run):
     assert len(list((out / "toy").glob("toy_*.wav"))) == recipe.QUICK.songs
     for stage in recipe.STAGES:
         assert (out / "runs" / stage / "metrics.jsonl").is_file()
+    png = out / "samples" / "spectrograms.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # a real picture
 
 
 def test_quick_recipe_figures_are_finite(quick_run):
@@ -42,7 +44,8 @@ def test_quick_recipe_figures_are_finite(quick_run):
         bits = report["bits_per_token"][stage]
         figures += [bits["heldout"], bits["train"], bits["unigram_entropy"]]
         assert 0 < bits["heldout"] < 3 * bits["uniform"]
-    for name in ("level_0", "level_1", "level_2", "heldout_song", "white_noise"):
+    names = ["level_0", "level_1", "level_2", "heldout_song", "white_noise", "upsampled_level_0", "upsampled_level_1"]
+    for name in names + [f"true_codes_level_{level}" for level in range(3)]:
         figures += list(report["output"][name].values())
     figures += [s["wall_s"] for s in report["stages"].values()] + [report["total_wall_s"]]
     assert all(math.isfinite(f) for f in figures), figures
@@ -72,3 +75,26 @@ def test_used_output_folder_is_a_one_line_error(tmp_path, capsys):
     assert recipe.main(["--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--out" in err and "not empty" in err
+
+
+def test_second_measure_fails_noise_and_drones_and_passes_music():
+    """Onsets and tones, independent of the flatness: white and brown noise have neither, a chord drone has tones
+    but no onsets, a train of noise bursts onsets but no tones; toy songs (not the recipe's) have both."""
+    rate, n = 44100, 3 * 44100
+    rng = np.random.default_rng(1)
+    t = np.arange(n) / rate
+    white = 0.1 * rng.standard_normal(n)
+    brown = np.cumsum(rng.standard_normal(n))
+    brown = 0.1 * (brown - np.convolve(brown, np.ones(2001) / 2001, "same")) / np.abs(brown).max()
+    drone = sum(np.sin(2 * np.pi * f * h * t) / h for f in (220.0, 277.2, 329.6) for h in (1, 2, 3)) / 6
+    bursts = white * (np.sin(2 * np.pi * 4 * t) > 0.7)  # hi-hat-like: four noise bursts a second
+    for name, audio in [("white", white), ("brown", brown), ("drone", drone), ("bursts", bursts)]:
+        f = recipe.audio_figures(audio, rate)
+        tonal_ok, onset_ok = f["tonal_share"] >= recipe.TONAL_MIN, f["onset_db"] >= recipe.ONSET_MIN_DB
+        assert not (tonal_ok and onset_ok), (name, f)
+        assert not tonal_ok if name != "drone" else not onset_ok, (name, f)
+    for seed in range(12):  # toy songs measure flatness 0.07-0.23, onsets 3.0-7.3 dB, tonal share 0.72-0.94
+        song, _ = toy.toy_song([seed, 0], 3.0, rate)
+        f = recipe.audio_figures(song, rate)
+        assert recipe.judge(f) == [], (seed, f)
+        assert f["onset_db"] >= 1.4 * recipe.ONSET_MIN_DB and f["tonal_share"] >= 1.4 * recipe.TONAL_MIN, (seed, f)
