@@ -248,7 +248,8 @@ def encode_song(vqvae, path, sample_rate, length, targets, segment=1 << 20, marg
     hops, device = vqvae.config.hop_lengths, next(vqvae.parameters()).device
     segment, margin = max(1, segment // hops[-1]) * hops[-1], margin // hops[-1] * hops[-1]  # keep the stride phase
     dtype = np.int16 if vqvae.config.codebook_size <= 2**15 else np.int32
-    outs = [np.lib.format.open_memmap(t + ".tmp", "w+", dtype, (length // h,)) for t, h in zip(targets, hops)]
+    tmp = f".{os.getpid()}.tmp"  # per process: two runs encoding the same song at once do not clash
+    outs = [np.lib.format.open_memmap(t + tmp, "w+", dtype, (length // h,)) for t, h in zip(targets, hops)]
     for a in range(0, length, segment):
         b, low, high = min(a + segment, length), max(0, a - margin), min(length, a + segment + margin)
         audio = torch.from_numpy(load_audio(path, sample_rate, low, high - low)).to(device)  # (T,)
@@ -256,7 +257,7 @@ def encode_song(vqvae, path, sample_rate, length, targets, segment=1 << 20, marg
             out[a // hop:b // hop] = codes[0, (a - low) // hop:(b - low) // hop].cpu().numpy()
     for out, target in zip(outs, targets):
         out.flush()
-        os.replace(target + ".tmp", target)  # a reader sees no file or the whole one
+        os.replace(target + tmp, target)  # a reader sees no file or the whole one (and both writers the same)
 
 
 class CodeDataset(AudioDataset):
@@ -266,8 +267,9 @@ class CodeDataset(AudioDataset):
     dict(tokens (n_ctx,), upper (n_ctx / f,) for upsamplers, offset, total_length, artist, genre, lyrics, path)."""
 
     def __init__(self, root, vqvae, level, n_ctx, seed=0, min_seconds=None, max_seconds=math.inf, aug_shift=False,
-                 cache=None):
+                 cache=None, upper_noise=0.0):
         self.hops, rate, self.level, self.n_ctx = vqvae.config.hop_lengths, vqvae.config.sample_rate, level, n_ctx
+        self.upper_noise, self.codebook_size = upper_noise, vqvae.config.codebook_size
         self.factor = self.hops[level + 1] // self.hops[level] if level + 1 < len(self.hops) else 1
         min_seconds = math.ceil(n_ctx * self.hops[level] / rate) if min_seconds is None else min_seconds  # jukebox
         super().__init__(root, rate, n_ctx // self.factor, seed, min_seconds, max_seconds, aug_shift)
@@ -294,12 +296,14 @@ class CodeDataset(AudioDataset):
         return int(samples) // self.hops[-1] * self.hops[-1] // (self.hops[self.level] * self.factor)
 
     def __getitem__(self, index):
-        song, start, _ = self.locate(index)  # start in units, i.e. codes of the level above
+        song, start, rng = self.locate(index)  # start in units, i.e. codes of the level above
         first = start * self.factor  # in codes of this level
         tokens = np.load(self.files[song][self.level], mmap_mode="r")[first:first + self.n_ctx]  # (n_ctx,)
         item = dict(tokens=torch.from_numpy(tokens.astype(np.int64)))
         if self.level + 1 < len(self.hops):  # an upsampler: the level above's codes of the window, (n_ctx / f,)
             upper = np.load(self.files[song][self.level + 1], mmap_mode="r")[start:start + self.window]
+            swap = rng.random(len(upper)) < self.upper_noise  # train.py --upper-noise: random codes in their place
+            upper = np.where(swap, rng.integers(0, self.codebook_size, len(upper)), upper)
             item["upper"] = torch.from_numpy(upper.astype(np.int64))
         return dict(item, **self.labels(song, first * self.hops[self.level]))
 

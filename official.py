@@ -181,9 +181,8 @@ VQVAE_RENAMES = (
     (r"^(encoders|decoders)\.(\d+)\.level_blocks\.(.*)$", r"\1.\2.blocks.\3"))  # and .model. -> .layers.
 VQVAE_DERIVED = (r"^codebooks\.\d+\.(ema_sums|ema_counts|initialized)$",)  # rebuilt by restore_codebooks
 PRIOR_RENAMES = (
-    (r"^prior\.x_emb\.", "transformer.token_embedding."),
+    (r"^prior\.x_emb\.", "transformer.token_embedding."), (r"^prior\.pos_emb\.pos_emb$", "transformer.pos_embedding"),
     (r"^prior\.x_out\.", "transformer.lm_head."),      # tied to x_emb unless merged_decoder; saved twice
-    (r"^prior\.pos_emb\.pos_emb$", "transformer.pos_embedding"),
     (r"^prior\.transformer\._attn_mods\.", "transformer.blocks."),
     (r"^prime_prior\.start_token$", "lyric_encoder.transformer.start_token"),
     (r"^prime_prior\.x_emb\.", "lyric_encoder.transformer.token_embedding."),

@@ -63,6 +63,8 @@ NUMBERS = {  # every numeric flag: type, default, valid values (checked before a
     "clip": (float, 1.0, "[0, inf)", "clip the global gradient norm to this (0 = off)"),
     "ema_decay": (float, None, "[0, 1)", "parameter EMA decay (default 1 - batch/8000, the original's; 0 = off)"),
     "max_skipped": (int, 50, "[1, inf)", "fp16: stop after this many skipped steps in a row"),
+    "upper_noise": (float, 0.0, "[0, 1)", "upsamplers: the share of the level above's codes replaced by random "
+                    "codes in training, so that sampled codes from above do not throw them (0 = off, the original)"),
     "bandwidth_batches": (int, 4, "[1, inf)", "--stage vqvae: batches that estimate the loss normalisers"),
     "seed": (int, 0, "[0, inf)", "seed of the init, the data windows and training noise"),
     "workers": (int, 0, "[0, inf)", "DataLoader worker processes per training process"),
@@ -103,6 +105,7 @@ def build_parser():
     arg("--eval-data", help="held-out songs: bits/token (priors) or spectral convergence per level (VQ-VAE)")
     arg("--aug-shift", action="store_true", help="shift each window by a random amount within half a window")
     arg("--aug-blend", action="store_true", help="--stage vqvae: mix stereo channels at random weights")
+    arg("--level-steps", help="--stage vqvae: steps each level trains, e.g. 160,960,160 (a level then stays as it is)")
     arg("--dtype", default="fp32", choices=list(AUTOCAST), help="autocast dtype; fp16 adds a GradScaler")
     arg("--grad-checkpoint", action="store_true", help="priors: recompute blocks in the backward pass")
     arg("--fsdp", action="store_true", help="priors under torchrun: FSDP2 (a unit per transformer block), not DDP")
@@ -118,6 +121,11 @@ def check_flags(args, ddp, use_cuda):
         value, (low, high) = getattr(args, name), map(float, interval[1:-1].split(","))
         if value is not None and not ((low <= value if interval[0] == "[" else low < value) and value < high):
             raise UserError(f"--{name.replace('_', '-')} {value}: must be in {interval}")
+    steps = args.level_steps.split(",") if args.level_steps else [str(args.steps)] * 3
+    if args.stage != "vqvae" and args.level_steps or len(steps) != 3 or not all(map(str.isdigit, steps)) \
+            or min(map(int, steps)) < 1 or max(map(int, steps)) < args.steps:
+        raise UserError(f"--level-steps {args.level_steps}: --stage vqvae only, three step counts >= 1 (bottom, "
+                        f"middle, top), the largest at least --steps {args.steps}")
     if args.eval_every and not args.eval_data:  # nothing to evaluate on
         raise UserError("--eval-every needs --eval-data DIR, a folder of held-out songs")
     if (args.stage == "vqvae" and (args.fsdp or args.grad_checkpoint)) or (args.stage != "vqvae" and args.aug_blend):
@@ -218,9 +226,11 @@ class VQVAEStage:
             bandwidth = vqvae.estimate_bandwidth(windows)  # (n, T, 1) -> variance and mean spectral norm
             cfg = dataclasses.replace(cfg, bandwidth_l2=bandwidth["l2"], bandwidth_spec=bandwidth["spec"])
         self.config, self.model, self.extra = cfg, vqvae.VQVAE(cfg).to(device), {}  # extra: more checkpoint keys
+        self.level_steps = [int(n) for n in args.level_steps.split(",")] if args.level_steps else None
 
-    def inputs(self, batch, device):  # a batch of windows -> the arguments of the model's forward
-        return (batch["audio"].to(device),)  # (B, T, 1)
+    def inputs(self, batch, device, step=None):  # a batch of windows -> the model's forward arguments at this step
+        steps = self.level_steps if step is not None and self.level_steps else None  # the levels that still train
+        return batch["audio"].to(device), steps and [level for level, n in enumerate(steps) if n > step]  # (B, T, 1)
 
     def listen(self, model, inputs, prefix, step):  # the batch's first window and its reconstruction by each level
         data.write_audio(f"{prefix}_input.wav", inputs[0][:1], self.config.sample_rate)
@@ -251,12 +261,12 @@ class PriorStage:
         # The top prior's timing embedding covers songs of min..max_duration seconds only; others are left out.
         codes = dict(vqvae=self.vqvae, level=self.level, n_ctx=cfg.n_ctx, seed=args.seed, cache=args.codes,
                      **(dict(min_seconds=cfg.min_duration, max_seconds=cfg.max_duration) if cfg.is_top else {}))
-        self.dataset = data.CodeDataset(args.data, aug_shift=args.aug_shift, **codes)
+        self.dataset = data.CodeDataset(args.data, aug_shift=args.aug_shift, upper_noise=args.upper_noise, **codes)
         self.eval_dataset = data.CodeDataset(args.eval_data, **codes) if args.eval_data else None
         self.config, self.model, self.tokens_per_sample = cfg, prior.Prior(cfg).to(device), cfg.n_ctx
         self.extra = {"vqvae_config": dataclasses.asdict(vq)}  # sample.py pairs the prior with this VQ-VAE
 
-    def inputs(self, batch, device):
+    def inputs(self, batch, device, step=None):
         """(tokens (B, N), y (B, n_y), upper (B, N/4) or None); the label vector of each window is built here."""
         c, rows = self.config, []  # the label vector y of each window, row by row
         for artist, genre, lyrics, total, offset in zip(batch["artist"], batch["genre"], batch["lyrics"],
@@ -334,8 +344,9 @@ class Run:
         else:  # a fresh run, or a resume on another number of processes: a stream per rank
             torch.manual_seed(args.seed + rank + 1_000_003 * self.start_step)
         # What the training forward calls. forward_sync_buffers=False: the codebooks synchronise themselves.
-        self.train_model = model if world == 1 or args.fsdp else DDP(
-            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+        self.train_model = model if world == 1 or args.fsdp else DDP(  # --level-steps leaves levels unused
+            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False,
+            find_unused_parameters=bool(args.level_steps))
         self.interval = {"time": time.time(), "step": self.start_step, "skipped": 0, "sums": {}}  # since the last row
 
     def announce(self, run_config):
@@ -362,7 +373,7 @@ class Run:
         """One optimizer step: micro-batches, backward, clipping, AdamW, EMA, progress row; returns the last inputs."""
         args, (_, _, accum), sums = self.args, self.plan, 0
         for micro_step in range(accum):
-            inputs, last = self.stage.inputs(next(batches), self.device), micro_step == accum - 1
+            inputs, last = self.stage.inputs(next(batches), self.device, step), micro_step == accum - 1
             if args.fsdp:
                 self.model.set_requires_gradient_sync(last)  # FSDP's no_sync
             with nullcontext() if last or self.train_model is self.model else self.train_model.no_sync():

@@ -139,8 +139,7 @@ class EncoderBlock(nn.Module):
             layers.append(nn.Sequential(
                 # kernel 2*stride, padding stride//2: exactly T -> T/stride for T a multiple of stride
                 nn.Conv1d(in_channels if step == 0 else width, width, 2 * stride, stride, stride // 2),
-                ResidualStack(width, depth, dilation_growth),
-            ))
+                ResidualStack(width, depth, dilation_growth)))
         layers.append(nn.Conv1d(width, out_channels, 3, padding=1))
         self.layers = nn.Sequential(*layers)
 
@@ -162,8 +161,7 @@ class DecoderBlock(nn.Module):
         for step in range(downs):
             layers.append(nn.Sequential(
                 ResidualStack(width, depth, dilation_growth, reverse_dilation, dilation_cycle, res_scale),
-                nn.ConvTranspose1d(width, channels if step == downs - 1 else width, 2 * stride, stride, stride // 2),
-            ))
+                nn.ConvTranspose1d(width, channels if step == downs - 1 else width, 2 * stride, stride, stride // 2)))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):  # (B, D, T) -> (B, D, T * stride**downs)
@@ -400,22 +398,20 @@ class VQVAE(nn.Module):
         latents = self.codebooks[level].decode(codes)  # (B, T_l) -> (B, D, T_l)
         return self.decoders[level](latents).permute(0, 2, 1)  # (B, 1, T) -> (B, T, 1)
 
-    def forward(self, audio):
+    def forward(self, audio, levels=None):
         """audio (B, T, 1) -> (loss, metrics). Each level is encoded, quantised and decoded on its own, and
-        loss = sum over levels of [reconstruction + multispectral_weight * spectral + commit_weight * commit]."""
+        loss = sum over levels of [reconstruction + multispectral_weight * spectral + commit_weight * commit].
+        levels: the levels that run (default all); the others, weights and codebooks, stay as they are."""
         cfg = self.config
         x = self._to_channels_first(audio)
         target = x[:, 0]  # (B, 1, T) -> (B, T)
         totals = dict(recons_loss=0.0, multispectral_loss=0.0, commit_loss=0.0)
         metrics = {}
-        for level in range(cfg.levels):
+        for level in range(cfg.levels) if levels is None else levels:
             quantised, _, commit_loss, codebook_metrics = self.codebooks[level](self.encoders[level](x))
             x_hat = self.decoders[level](quantised)[:, 0]  # (B, 1, T) -> (B, T)
-            losses = dict(
-                recons_loss=reconstruction_loss(target, x_hat, cfg),
-                multispectral_loss=multispectral_loss(target, x_hat, cfg),
-                commit_loss=commit_loss,
-            )
+            losses = dict(recons_loss=reconstruction_loss(target, x_hat, cfg),
+                          multispectral_loss=multispectral_loss(target, x_hat, cfg), commit_loss=commit_loss)
             for name, value in losses.items():
                 totals[name] = totals[name] + value
                 metrics[f"{name}_l{level}"] = value.detach()

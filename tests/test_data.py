@@ -293,6 +293,20 @@ def test_code_windows_are_aligned_with_the_level_above(tiny_vqvae, tmp_path):
         data.CodeDataset(tmp_path, tiny_vqvae, level=2, n_ctx=32, min_seconds=2.0, max_seconds=600.0)
 
 
+def test_upper_noise_replaces_that_share_of_the_upper_codes_and_nothing_else(tiny_vqvae, tmp_path):
+    toy.make_toy(tmp_path, n=2, seconds=1.5, sample_rate=RATE)
+    clean = data.CodeDataset(tmp_path, tiny_vqvae, level=1, n_ctx=64)
+    noisy = data.CodeDataset(tmp_path, tiny_vqvae, level=1, n_ctx=64, upper_noise=0.3)
+    changed = []
+    for i in range(40):
+        a, b = clean[i], noisy[i]
+        assert torch.equal(a["tokens"], b["tokens"]) and a["offset"] == b["offset"]  # the targets stay the data
+        assert torch.equal(b["upper"], noisy[i]["upper"])  # the same noise for the same index: N ranks = one
+        changed.append((a["upper"] != b["upper"]).float().mean().item())
+    # a swap draws any of the 256 codes, so 1/256 of the swaps keep the code: 0.3 * 255/256 change, +- sampling
+    assert abs(np.mean(changed) - 0.3 * 255 / 256) < 0.05, np.mean(changed)
+
+
 # ---- toy.py ---------------------------------------------------------------------------------------------------
 
 def test_toy_songs_are_deterministic_music():

@@ -372,6 +372,9 @@ USER_ERRORS = {  # name: (arguments after the stage's own, words the one-line me
     "--fsdp for the VQ-VAE": (VQ + ["--data", "{toy}/one", "--fsdp"], "for prior stages"),
     "--fsdp in one process": (PRIOR + ["--fsdp"], "torchrun"),
     "--aug-blend for a prior": (PRIOR + ["--aug-blend"], "--aug-blend for --stage vqvae"),
+    "--level-steps for a prior": (PRIOR + ["--level-steps", "3,3,3"], "--stage vqvae only"),
+    "--level-steps too few": (VQ + ["--data", "{toy}/one", "--level-steps", "3,3"], "three step counts"),
+    "--level-steps short of --steps": (VQ + ["--data", "{toy}/one", "--level-steps", "1,2,2"], "at least --steps 3"),
     "unknown flag": (VQ + ["--data", "{toy}/one", "--bogus"], "unrecognized arguments: --bogus"),
     "code cache on a file": (PRIOR + ["--codes", "{toy}/one/toy_000.wav"], "cannot create the code cache"),
 }
@@ -419,3 +422,22 @@ def test_every_flag_is_explained():
     for action in train.build_parser()._actions:
         assert action.help, action.dest
     assert "in [0, 1)" in train.build_parser().format_help()  # numeric flags show their valid range
+
+
+def test_level_steps_train_each_level_for_its_own_steps(toy_data, tmp_path):
+    """--level-steps 2,4,2: levels 0 and 2 stop after step 2 (weights and codebooks as the run of 2 steps left
+    them), level 1 trains on to step 4 as in a plain run (without clipping: the global norm couples the levels)."""
+    args = [*VQ, *FAST, "--batch-size", 1, "--data", toy_data / "one", "--steps", 4, "--save-every", 2, "--clip", 0]
+    run(*args, "--out", tmp_path / "plain")
+    run(*args, "--out", tmp_path / "levels", "--level-steps", "2,4,2")
+    two, four = (load(tmp_path / "plain" / f"ckpt_000000{n}.pt")["model"] for n in (2, 4))
+    assert_same_state({"model": two}, load(tmp_path / "levels" / "ckpt_0000002.pt"), atol=0, keys=("model",))
+    for key, value in load(tmp_path / "levels" / "ckpt_0000004.pt")["model"].items():
+        level = int(key.split(".")[1])  # encoders.L. / decoders.L. / codebooks.L.
+        if level != 1:
+            assert torch.equal(value, two[key]), key
+        elif "weight" in key:  # level 1 trained on: close to the plain run (the codebooks' random restarts draw
+            assert not torch.equal(value, two[key]), key  # from a stream that levels 0 and 2 no longer share)
+            torch.testing.assert_close(value, four[key], rtol=0, atol=1e-3, msg=key)
+    rows = training_rows(tmp_path / "levels")
+    assert "usage_l0" in rows[1] and "usage_l0" not in rows[-1] and "usage_l1" in rows[-1]  # the levels that ran
