@@ -93,8 +93,10 @@ def test_second_measure_fails_noise_and_drones_and_passes_music():
         tonal_ok, onset_ok = f["tonal_share"] >= recipe.TONAL_MIN, f["onset_db"] >= recipe.ONSET_MIN_DB
         assert not (tonal_ok and onset_ok), (name, f)
         assert not tonal_ok if name != "drone" else not onset_ok, (name, f)
+    for name, audio in [("white", white), ("brown", brown), ("drone", drone)]:
+        assert recipe.target_misses(recipe.audio_figures(audio, rate)), name
     for seed in range(12):  # toy songs measure flatness 0.07-0.23, onsets 3.0-7.3 dB, tonal share 0.72-0.94
         song, _ = toy.toy_song([seed, 0], 3.0, rate)
         f = recipe.audio_figures(song, rate)
-        assert recipe.judge(f) == [], (seed, f)
+        assert recipe.judge(f) == [] and recipe.target_misses(f) == [], (seed, f)
         assert f["onset_db"] >= 1.4 * recipe.ONSET_MIN_DB and f["tonal_share"] >= 1.4 * recipe.TONAL_MIN, (seed, f)
