@@ -81,35 +81,27 @@ class PriorConfig:
     @property
     def depth(self):               # number of transformer blocks
         return len(self.attention)
-
     @property
     def is_top(self):              # the top level has timing, the others the Conditioner
         return self.level == len(self.hop_lengths) - 1
-
     @property
     def hop_length(self):          # raw audio samples per token of this level
         return self.hop_lengths[self.level]
-
     @property
     def sample_length(self):       # raw audio samples per window (official prior.sample_length)
         return self.n_ctx * self.hop_length
-
     @property
     def upsample_factor(self):     # tokens of this level per token of the level above
         return self.hop_lengths[self.level + 1] // self.hop_length
-
     @property
     def seq_len(self):             # transformer sequence length L
         return self.n_ctx + (self.n_lyric_tokens if self.lyrics == "merged" else 0)
-
     @property
     def vocab_size(self):          # transformer vocabulary V; "merged" puts the characters first
         return self.codebook_size + (self.lyric_vocab if self.lyrics == "merged" else 0)
-
     @property
     def n_labels(self):            # [total_length, offset, sample_length, artist, genres...]
         return GENRES + self.max_genres
-
     @property
     def y_length(self):            # length of the label vector y
         return self.n_labels + (self.n_lyric_tokens if self.lyrics != "none" else 0)
@@ -209,12 +201,10 @@ def window_y(config, artist, genres, total_length, offset=0, lyrics=()):
     genres = [g for g in genres if g >= 0]
     if len(genres) > config.max_genres:
         raise ValueError(f"at most {config.max_genres} genres per song, got {len(genres)}")
-    window = []
-    if config.lyrics != "none":  # jukebox: the window's length is the prior's full window, even past the end
-        window = lyric_window(list(lyrics), config.n_lyric_tokens, total_length, offset, config.sample_length)[0]
-    y = [total_length, offset, config.sample_length, artist, *genres, *[-1] * (config.max_genres - len(genres)),
-         *window]
-    return torch.tensor(y, dtype=torch.long)
+    window = [] if config.lyrics == "none" else lyric_window(  # jukebox: the prior's full window, even past the end
+        list(lyrics), config.n_lyric_tokens, total_length, offset, config.sample_length)[0]
+    empty = [-1] * (config.max_genres - len(genres))
+    return torch.tensor([total_length, offset, config.sample_length, artist, *genres, *empty, *window])  # int64
 
 
 # ---- the transformer ----------------------------------------------------------------------------------
@@ -487,11 +477,10 @@ class Prior(nn.Module):
         self.conditioner = None if c.is_top else Conditioner(c)
         self.labels = LabelConditioner(c)
         self.lyric_encoder = LyricEncoder(c) if c.lyrics == "encoder" else None
-        self.transformer = Transformer(
-            c.vocab_size, c.seq_len, c.width, c.attention, c.heads, c.blocks, c.init_scale,
-            prime_len=c.n_lyric_tokens if c.lyrics == "merged" else 0,
-            encoder_len=c.n_lyric_tokens if c.lyrics == "encoder" else 0,
-            output="untied" if c.merged_decoder else "tied")
+        self.transformer = Transformer(c.vocab_size, c.seq_len, c.width, c.attention, c.heads, c.blocks, c.init_scale,
+                                       prime_len=c.n_lyric_tokens if c.lyrics == "merged" else 0,
+                                       encoder_len=c.n_lyric_tokens if c.lyrics == "encoder" else 0,
+                                       output="untied" if c.merged_decoder else "tied")
         for transformer in self.transformers():
             transformer.gradient_checkpointing = c.gradient_checkpointing
 

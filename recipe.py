@@ -59,12 +59,12 @@ class Sizes:
     songs: int = 8                 # toy training songs (data.py --n)
     song_seconds: float = 10.0     # length of each (data.py --seconds)
     heldout_seconds: float = 6.0   # the held-out song (another seed): evaluation and the prime
-    vqvae_steps: tuple = (160, 800, 160)  # optimizer steps of the VQ-VAE's bottom, middle and top level (its
+    vqvae_steps: tuple = (160, 640, 160)  # optimizer steps of the VQ-VAE's bottom, middle and top level (its
     # levels are independent: the middle one, the weakest, learns on alone while the costly bottom one rests,
     # and the top one stays coarse, which keeps its codes predictable for the tiny top prior)
     vqvae_batch: int = 4           # its batch (clips per step)
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
-    prior_steps: tuple = (3200, 1200, 600)  # steps of the top, middle, bottom prior
+    prior_steps: tuple = (2400, 1200, 600)  # steps of the top, middle, bottom prior
     prior_batch: tuple = (16, 32, 64)     # their batches (windows of n_ctx = 64 tokens per step)
     lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
     warmup: int = 20               # linear warmup steps of every stage

@@ -65,20 +65,13 @@ class VQVAEConfig:
     @property
     def levels(self):
         return len(self.downs)
-
     @property
-    def hop_lengths(self):
-        """Audio samples per token at each level: (8, 32, 128) for the release."""
-        hops, hop = [], 1
-        for down, stride in zip(self.downs, self.strides):
-            hop *= stride**down
-            hops.append(hop)
-        return tuple(hops)
-
+    def hop_lengths(self):  # audio samples per token at each level: (8, 32, 128) for the release
+        steps = [stride ** down for down, stride in zip(self.downs, self.strides)]  # each level's own downsampling
+        return tuple(math.prod(steps[:n]) for n in range(1, self.levels + 1))
     @property
     def level_widths(self):
         return tuple(self.width * m for m in self.level_multipliers)
-
     @property
     def level_depths(self):
         return tuple(self.depth * m for m in self.level_multipliers)
