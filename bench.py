@@ -1,4 +1,4 @@
-"""Benchmarks: `python bench.py {vqvae,attention,sampling,training,memory}`.
+"""Benchmarks: `python bench.py {vqvae,attention,sampling,training,cache,memory}`.
 
 Each section prints one table measured in a single run on this machine, as ratios where a baseline exists,
 so the figures compare like with like. Not a test: nothing here asserts a speed.
@@ -212,6 +212,37 @@ def bench_training(args):
               flush=True)
 
 
+
+def bench_cache(args):
+    """Prior training from the code cache (codes read from disk: free next to a step) against encoding every
+    window with the frozen VQ-VAE at each step: tokens/s of one training step (forward + backward + AdamW) of
+    the tiny priors, on the tiny VQ-VAE and on the released VQ-VAE's shape (random weights)."""
+    from prior import Prior, preset, window_y
+    from vqvae import VQVAE, preset as vqvae_preset
+    print("| VQ-VAE | prior | batch x tokens | from the cache, tokens/s | encoding each step, tokens/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for vq_name in ("tiny", "jukebox"):
+        torch.manual_seed(0)
+        vq = VQVAE(vqvae_preset(vq_name)).eval()
+        for stage, level, batch in (("top", 2, 16), ("middle", 1, 32), ("bottom", 0, 64)):
+            config = dataclasses.replace(preset("tiny", level=level), codebook_size=vq.config.codebook_size)
+            model = Prior(config).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            audio = torch.randn(batch, config.n_ctx * vq.config.hop_lengths[level], 1) * 0.1  # one window each
+            y = window_y(config, 0, [0], 60 * config.sample_rate)[None].expand(batch, -1)
+            cached = vq.encode(audio)
+
+            def train_step(encode):
+                codes = vq.encode(audio) if encode else cached  # the VQ-VAE is frozen: no graph
+                loss, _ = model(codes[level], y, None if level == 2 else codes[level + 1])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            fast, slow = timed(lambda: train_step(False)), timed(lambda: train_step(True))
+            tokens = batch * config.n_ctx
+            print(f"| {vq_name} | {stage} | {batch} x {config.n_ctx} | {tokens / fast:,.0f} | {tokens / slow:,.0f} | "
+                  f"{slow / fast:.1f}x |", flush=True)
+
 # ---- memory -----------------------------------------------------------------------------------------
 def saved_activation_bytes(config, checkpointing):
     """Bytes the autograd graph keeps for the backward pass of one training window (fp32, batch 1)."""
@@ -279,7 +310,7 @@ def bench_memory(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["vqvae", "attention", "sampling", "training", "memory"],
+    parser.add_argument("section", choices=["vqvae", "attention", "sampling", "training", "cache", "memory"],
                         help="what to measure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -288,7 +319,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
     {"vqvae": bench_vqvae, "attention": bench_attention, "sampling": bench_sampling,
-     "training": bench_training, "memory": bench_memory}[args.section](args)
+     "training": bench_training, "cache": bench_cache, "memory": bench_memory}[args.section](args)
 
 
 if __name__ == "__main__":

@@ -357,9 +357,53 @@ def train_stage(argv):
     train.main(argv)
 
 
-def run(args, sizes):
+def training_commands(args, sizes, toy_dir, runs):
+    """(stage, train.py argv) of the VQ-VAE, then of the priors on its codes, with every knob of `sizes`. EMA of
+    the weights is off: the default decay (1 - batch/8000) averages over thousands of steps and would leave these
+    short runs near their init."""
     def steps(n):  # a stage's step count under --scale
-        return str(max(1, round(n * args.scale)))
+        return max(1, round(n * args.scale))
+
+    def decay(n):  # a run of n steps: from the end of the warmup to 0 at the last step
+        return ["--lr-decay-start", str(min(sizes.warmup, n)), "--lr-decay", str(max(1, n - sizes.warmup))] \
+            if sizes.lr_decay else []
+    common = ["--data", toy_dir, "--preset", "tiny", "--lr", str(sizes.lr), "--warmup", str(sizes.warmup),
+              "--ema-decay", "0", "--device", "cpu", "--seed", str(args.seed)]
+    level_steps = [steps(n) for n in sizes.vqvae_steps]  # bottom, middle, top
+    n = max(level_steps)
+    commands = [("vqvae", ["--stage", "vqvae", "--out", os.path.join(runs, "vqvae"), "--steps", str(n),
+                           "--level-steps", ",".join(map(str, level_steps)), "--batch-size", str(sizes.vqvae_batch),
+                           "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common,
+                           "--log-every", str(max(1, n // 10)), *decay(n)])]
+    for stage, n, batch, noise in zip(LEVEL_STAGE.values(), sizes.prior_steps, sizes.prior_batch, sizes.upper_noise):
+        n = steps(n)
+        commands.append((stage, [
+            "--stage", stage, "--out", os.path.join(runs, stage), "--vqvae", os.path.join(runs, "vqvae"),
+            "--steps", str(n), "--batch-size", str(batch), *common, "--log-every", str(max(1, n // 10)),
+            *decay(n), *(["--upper-noise", str(noise)] if noise else [])]))
+    return commands
+
+
+def measure(report, runs, heldout, recon, samples, sizes, args):
+    """The report's figures: spectral convergence per VQ-VAE level, bits per token per prior (held-out song),
+    and the audio figures of the continuations (listen)."""
+    vq, _ = load_model(os.path.join(runs, "vqvae"), "vqvae")
+    audio = data.load_audio(heldout, vq.config.sample_rate)  # (T,)
+    with open(os.path.splitext(heldout)[0] + ".json") as f:
+        meta = json.load(f)
+    sc, codes = vqvae_figures(vq, audio, recon)
+    report["spectral_convergence_db"] = {f"level_{L}": v for L, v in sc.items()}
+    report["bits_per_token"] = {}
+    for stage in LEVEL_STAGE.values():
+        model, _ = load_model(os.path.join(runs, stage), stage)
+        bits, unigram = heldout_bits(model, codes, meta, len(audio))
+        report["bits_per_token"][stage] = {
+            "heldout": bits, "train": last_training_loss(os.path.join(runs, stage)),
+            "unigram_entropy": unigram, "uniform": math.log2(model.config.codebook_size)}
+    report["output"], report["output_items"] = listen(vq, audio, codes, meta, runs, samples, recon, sizes, args)
+
+
+def run(args, sizes):
     out = args.out
     toy_dir, heldout_dir, runs = os.path.join(out, "toy"), os.path.join(out, "heldout"), os.path.join(out, "runs")
     samples, recon = os.path.join(out, "samples"), os.path.join(out, "reconstructions")
@@ -373,28 +417,9 @@ def run(args, sizes):
     clock.run("data", make_data)
     heldout = os.path.join(heldout_dir, "toy_000.wav")
 
-    # 2. the VQ-VAE, then 3. the priors on its codes. EMA of the weights is off: the default decay
-    # (1 - batch/8000) averages over thousands of steps and would leave these short runs near their init.
-    common = ["--lr", str(sizes.lr), "--warmup", str(sizes.warmup), "--ema-decay", "0", "--device", "cpu",
-              "--seed", str(args.seed)]
-    level_steps = [steps(n) for n in sizes.vqvae_steps]  # bottom, middle, top
-    vq_steps = str(max(map(int, level_steps)))
-
-    def decay(n):  # a run of n steps: from the end of the warmup to 0 at the last step
-        return ["--lr-decay-start", str(min(sizes.warmup, n)), "--lr-decay", str(max(1, n - sizes.warmup))] \
-            if sizes.lr_decay else []
-    clock.run("vqvae", train_stage, [
-        "--stage", "vqvae", "--data", toy_dir, "--out", os.path.join(runs, "vqvae"), "--preset", "tiny",
-        "--steps", vq_steps, "--level-steps", ",".join(level_steps), "--batch-size", str(sizes.vqvae_batch),
-        "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common,
-        "--log-every", str(max(1, int(vq_steps) // 10)), *decay(int(vq_steps))])
-    for stage, n_steps, batch, noise in zip(("top", "middle", "bottom"), sizes.prior_steps, sizes.prior_batch,
-                                            sizes.upper_noise):
-        n = int(steps(n_steps))
-        clock.run(stage, train_stage, [
-            "--stage", stage, "--data", toy_dir, "--out", os.path.join(runs, stage), "--preset", "tiny",
-            "--vqvae", os.path.join(runs, "vqvae"), "--steps", str(n), "--batch-size", str(batch), *common,
-            "--log-every", str(max(1, n // 10)), *decay(n), *(["--upper-noise", str(noise)] if noise else [])])
+    # 2. the VQ-VAE, then 3. the priors on its codes
+    for stage, argv in training_commands(args, sizes, toy_dir, runs):
+        clock.run(stage, train_stage, argv)
 
     # 4. a primed continuation through all three levels
     sample_argv = ["--prime", heldout, "--prime-seconds", str(sizes.prime_seconds), "--seconds",
@@ -406,24 +431,7 @@ def run(args, sizes):
         raise SystemExit(code)
 
     # 5. the figures
-    def measure():
-        vq, _ = load_model(os.path.join(runs, "vqvae"), "vqvae")
-        rate = vq.config.sample_rate
-        audio = data.load_audio(heldout, rate)  # (T,)
-        with open(os.path.splitext(heldout)[0] + ".json") as f:
-            meta = json.load(f)
-        sc, codes = vqvae_figures(vq, audio, recon)
-        report["spectral_convergence_db"] = {f"level_{L}": v for L, v in sc.items()}
-        report["bits_per_token"] = {}
-        for stage in ("top", "middle", "bottom"):
-            model, _ = load_model(os.path.join(runs, stage), stage)
-            bits, unigram = heldout_bits(model, codes, meta, len(audio))
-            report["bits_per_token"][stage] = {
-                "heldout": bits, "train": last_training_loss(os.path.join(runs, stage)),
-                "unigram_entropy": unigram, "uniform": math.log2(model.config.codebook_size)}
-        report["output"], report["output_items"] = listen(vq, audio, codes, meta, runs, samples, recon, sizes, args)
-    clock.run("measure", measure)
-
+    clock.run("measure", measure, report, runs, heldout, recon, samples, sizes, args)
     report["stages"] = clock.stages
     report["total_wall_s"] = time.time() - started
     report["total_cpu_s"] = sum(s["cpu_s"] for s in clock.stages.values())
@@ -496,8 +504,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
     args = parser.parse_args(argv)
     try:
-        if args.scale <= 0 or args.threads < 1:
-            raise RecipeError("--scale must be positive and --threads at least 1")
+        if not 0 < args.scale < math.inf or args.threads < 1 or args.seed < 0:  # nan fails the first test
+            raise RecipeError(f"--scale {args.scale} / --threads {args.threads} / --seed {args.seed}: the scale must "
+                              "be a positive number, the threads at least 1, the seed at least 0")
         if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
             raise RecipeError(f"--out {args.out}: already exists and is not empty; pick another --out or delete it")
     except RecipeError as e:

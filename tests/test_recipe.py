@@ -100,3 +100,12 @@ def test_second_measure_fails_noise_and_drones_and_passes_music():
         f = recipe.audio_figures(song, rate)
         assert recipe.judge(f) == [] and recipe.target_misses(f) == [], (seed, f)
         assert f["onset_db"] >= 1.4 * recipe.ONSET_MIN_DB and f["tonal_share"] >= 1.4 * recipe.TONAL_MIN, (seed, f)
+
+
+@pytest.mark.parametrize("flag,value", [("--scale", "0"), ("--scale", "-1"), ("--scale", "nan"), ("--scale", "inf"),
+                                        ("--threads", "0"), ("--seed", "-1")])
+def test_bad_flag_values_are_one_line_errors(tmp_path, capsys, flag, value):
+    assert recipe.main(["--quick", "--out", str(tmp_path / "out"), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and flag in err and value in err, err
+    assert not (tmp_path / "out").exists()  # nothing written
