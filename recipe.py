@@ -59,9 +59,9 @@ class Sizes:
     songs: int = 8                 # toy training songs (data.py --n)
     song_seconds: float = 10.0     # length of each (data.py --seconds)
     heldout_seconds: float = 6.0   # the held-out song (another seed): evaluation and the prime
-    vqvae_steps: tuple = (160, 640, 160)  # optimizer steps of the VQ-VAE's bottom, middle and top level (its
-    # levels are independent: the middle one, the weakest, learns on alone while the costly bottom one rests,
-    # and the top one stays coarse, which keeps its codes predictable for the tiny top prior)
+    vqvae_steps: tuple = (160, 640, 320)  # optimizer steps of the VQ-VAE's bottom, middle and top level: its
+    # levels are independent, so the middle and top ones, slow to learn and cheap, go on while the costly bottom
+    # one (fine after 160 steps) rests
     vqvae_batch: int = 4           # its batch (clips per step)
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
     prior_steps: tuple = (2400, 1200, 600)  # steps of the top, middle, bottom prior
@@ -499,8 +499,8 @@ def main(argv=None):
                         "output is reported but not judged (what tests/test_recipe.py runs)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (e.g. 0.5 "
                         "for a faster, worse run, 3 for a better one) (default 1)")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
-                        help="torch CPU threads (default min(2, cores))")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: at this size a "
+                        "second thread costs more than it gains)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
     args = parser.parse_args(argv)
     try:
