@@ -1,10 +1,10 @@
 """The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
 
-    python recipe.py                    # the full recipe: 7 min on 2 idle CPU cores, longer on busy ones
+    python recipe.py                    # the full recipe: about 9 minutes on a 2-core machine
     python recipe.py --quick            # a 10-60 s smoke run (what tests/test_recipe.py runs)
 
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
-type, called in-process: `data.py --make-toy` writes procedurally generated songs; `train.py --stage vqvae`
+type, called in-process: `toy.py` writes procedurally generated songs; `train.py --stage vqvae`
 trains the three-level VQ-VAE (§3); `train.py --stage top|middle|bottom` trains the three priors on its codes
 (§4); `sample.py --prime` continues the start of a held-out toy song through all three levels (§4.4). Then it
 measures what came out and prints a report:
@@ -15,8 +15,8 @@ measures what came out and prints a report:
     continuation (`audio_figures`) at each level, beside the VQ-VAE's decode of the song's true codes and each
     upsampler on the true codes of the level above (where noise enters), and the wall and CPU time per stage;
   - a picture: spectrograms of all of it, samples/spectrograms.png.
-It fails loudly (exit code 1) when the final audio is silent, noise-like, without onsets or pitch, a DC drift
-or a static drone.
+It fails loudly (exit code 1) when the final audio is broken: silent, noise, without onsets, a DC drift or a
+static drone; and it reports whether the music target (flatness, onsets and tones, see judge) is met.
 Every number also goes to OUT/report.json.
 
 Reading order: `Sizes` (every knob of the recipe, FULL and QUICK), `run` (the stages, in order), then the
@@ -24,30 +24,25 @@ measurements (`audio_figures`, `judge`, `vqvae_figures`, `heldout_bits`, `listen
 
 Shapes: audio (B, T, 1) at the model APIs, (T,) numpy in this file; codes per level (B, T_level) long.
 """
+import argparse
+import dataclasses
+import json
+import math
 import os
+import sys
+import time
 
-# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads make the tiny
-# models 10-50x slower. Must be set before torch starts its thread pool.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import soundfile
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import soundfile  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import data  # noqa: E402
-import prior  # noqa: E402
-import sample  # noqa: E402
-import toy  # noqa: E402
-import train  # noqa: E402
-import vqvae  # noqa: E402
+import data
+import prior
+import sample
+import toy
+import train
+import vqvae
 
 STAGES = ("vqvae", "top", "middle", "bottom")
 LEVEL_STAGE = {2: "top", 1: "middle", 0: "bottom"}
@@ -491,8 +486,8 @@ def print_report(report, check):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The CPU quick start: toy songs -> VQ-VAE -> top/middle/bottom priors -> a primed "
-                    "continuation, then a report (spectral convergence, bits per token, RMS and spectral "
-                    "flatness of the output, time per stage). About 7 minutes on 2 idle CPU cores.")
+                    "continuation, then a report (spectral convergence, bits per token, flatness, onsets and "
+                    "tones of the output, spectrograms, time per stage). About 9 minutes on 2 CPU cores.")
     parser.add_argument("--out", default="recipe_out", help="output folder; must not exist yet or be empty "
                         "(default recipe_out)")
     parser.add_argument("--quick", action="store_true", help="a 10-60 s smoke run at toy-of-toy size; the "
