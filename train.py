@@ -64,7 +64,7 @@ NUMBERS = {  # every numeric flag: type, default, valid values (checked before a
     "ema_decay": (float, None, "[0, 1)", "parameter EMA decay (default 1 - batch/8000, the original's; 0 = off)"),
     "max_skipped": (int, 50, "[1, inf)", "fp16: stop after this many skipped steps in a row"),
     "upper_noise": (float, 0.0, "[0, 1)", "upsamplers: the share of the level above's codes replaced by random "
-                    "codes in training, so that sampled codes from above do not throw them (0 = off, the original)"),
+                    "codes in training, for robustness to sampled codes from above (0 = off, the original)"),
     "bandwidth_batches": (int, 4, "[1, inf)", "--stage vqvae: batches that estimate the loss normalisers"),
     "seed": (int, 0, "[0, inf)", "seed of the init, the data windows and training noise"),
     "workers": (int, 0, "[0, inf)", "DataLoader worker processes per training process"),
@@ -122,7 +122,7 @@ def check_flags(args, ddp, use_cuda):
         if value is not None and not ((low <= value if interval[0] == "[" else low < value) and value < high):
             raise UserError(f"--{name.replace('_', '-')} {value}: must be in {interval}")
     steps = args.level_steps.split(",") if args.level_steps else [str(args.steps)] * 3
-    if args.stage != "vqvae" and args.level_steps or len(steps) != 3 or not all(map(str.isdigit, steps)) \
+    if (args.stage != "vqvae" and args.level_steps) or len(steps) != 3 or not all(map(str.isdigit, steps)) \
             or min(map(int, steps)) < 1 or max(map(int, steps)) < args.steps:
         raise UserError(f"--level-steps {args.level_steps}: --stage vqvae only, three step counts >= 1 (bottom, "
                         f"middle, top), the largest at least --steps {args.steps}")
@@ -229,8 +229,9 @@ class VQVAEStage:
         self.level_steps = [int(n) for n in args.level_steps.split(",")] if args.level_steps else None
 
     def inputs(self, batch, device, step=None):  # a batch of windows -> the model's forward arguments at this step
-        steps = self.level_steps if step is not None and self.level_steps else None  # the levels that still train
-        return batch["audio"].to(device), steps and [level for level, n in enumerate(steps) if n > step]  # (B, T, 1)
+        training = self.level_steps and step is not None  # --level-steps: only the levels with steps left run
+        levels = [level for level, n in enumerate(self.level_steps) if n > step] if training else None  # None: all
+        return batch["audio"].to(device), levels  # (B, T, 1)
 
     def listen(self, model, inputs, prefix, step):  # the batch's first window and its reconstruction by each level
         data.write_audio(f"{prefix}_input.wav", inputs[0][:1], self.config.sample_rate)
