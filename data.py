@@ -262,7 +262,7 @@ def encode_song(vqvae, path, sample_rate, length, targets, segment=1 << 20, marg
 
 class CodeDataset(AudioDataset):
     """A prior's windows: n_ctx codes of `level`, cached in `cache`/<vqvae_key>/ (default <root>/.jukebox_codes/),
-    missing songs encoded first (rank r of N encodes every N-th). Cut as AudioDataset cuts, at multiples of the
+    missing songs encoded first (rank r of N looks after every N-th song). Cut as AudioDataset cuts, at multiples of the
     factor f of the level above, whose codes of the window are upper[start / f : (start + n_ctx) / f]. Items:
     dict(tokens (n_ctx,), upper (n_ctx / f,) for upsamplers, offset, total_length, artist, genre, lyrics, path)."""
 
@@ -280,10 +280,10 @@ class CodeDataset(AudioDataset):
             raise UserError(f"{self.folder}: cannot create the code cache ({e.strerror}); pass --codes DIR") from None
         self.files = [self.code_files(rel, stamp) for rel, stamp in zip(self.rels, self.stamps)]
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        missing = [song for song, files in enumerate(self.files) if not all(map(os.path.exists, files))]
-        for song in missing[rank::world]:
-            length = int(self.sizes[song]) * self.hops[level] * self.factor  # samples, whole top codes
-            encode_song(vqvae, self.paths[song], rate, length, self.files[song])
+        for song in range(rank, len(self.files), world):  # by index: which songs are missing changes while
+            if not all(map(os.path.exists, self.files[song])):  # other ranks write theirs
+                length = int(self.sizes[song]) * self.hops[level] * self.factor  # samples, whole top codes
+                encode_song(vqvae, self.paths[song], rate, length, self.files[song])
         if world > 1:
             dist.barrier()  # every rank's share is on disk
 
