@@ -44,8 +44,8 @@ import toy
 import train
 import vqvae
 
-STAGES = ("vqvae", "top", "middle", "bottom")
-LEVEL_STAGE = {2: "top", 1: "middle", 0: "bottom"}
+STAGES = tuple(train.STAGES)  # vqvae, top, middle, bottom: the order they train in
+LEVEL_STAGE = sample.LEVEL_STAGE  # 2 -> "top", 1 -> "middle", 0 -> "bottom"
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class Sizes:
     warmup: int = 20               # linear warmup steps of every stage
     lr_decay: bool = False         # then decay the learning rate linearly to 0 by the last step (train.py --lr-decay)
     upper_noise: tuple = (0.0, 0.3, 0.0)  # train.py --upper-noise of the top, middle, bottom prior: the middle
-    # upsampler learns on 30 % random top codes, so that the top prior's imperfect codes do not throw it
+    # upsampler learns on 30 % random top codes, meant to make it robust to the top prior's imperfect ones
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
     samples: int = 3               # continuations drawn at once (sample.py --n); the figures are their mean
