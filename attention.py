@@ -93,29 +93,29 @@ class Attention(nn.Module):
         b = self.block_len
         self.cache_len = {"row": b, "prev_row": 2 * b, "prime": min(self.prime_window, n_ctx),
                           "cross": encoder_len}.get(kind, n_ctx)
-        self.cache = None  # (B, cache_len, 2S): [k | v] of the positions kept, heads not split
+        self.cache = None  # (2, B, H, cache_len, D): k and v of the positions kept, head-major as SDPA reads them
 
     def forward(self, x, encoder_kv=None, position=None):
         if self.kind == "cross":
-            q = self.c_attn(x)  # (B, T, S)
+            q = self._heads(self.c_attn(x), 1)[0]  # (B, H, T, D)
             if position is None or position == 0:
-                kv = self.c_enc_kv(encoder_kv.to(x.dtype))  # (B, E, 2S)
-                assert kv.shape[1] == self.encoder_len, f"encoder_kv: {kv.shape[1]} positions, not {self.encoder_len}"
+                kv = self._heads(self.c_enc_kv(encoder_kv.to(x.dtype)), 2)  # (2, B, H, E, D)
+                assert kv.shape[3] == self.encoder_len, f"encoder_kv: {kv.shape[3]} positions, not {self.encoder_len}"
                 if position == 0:
                     self.cache.copy_(kv)  # the encoder's keys and values serve every later position
             else:
                 kv = self.cache
-            a = _sdpa(*self._heads(q, *kv.chunk(2, dim=-1)))  # no mask
+            a = F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2)  # no mask; (B, T, H, D)
         elif position is None:
-            a = self._blocked(*self._heads(*self.c_attn(x).chunk(3, dim=-1)))  # (B, T, 3S) -> 3 x (B, T, H, D)
+            q, k, v = self.c_attn(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (B, T, 3S) -> 3 x (B, T, H, D)
+            a = self._blocked(q, k, v)
         else:
-            qkv = self.c_attn(x)  # (B, T, 3S) = [q | k | v]
-            a = self._cached(qkv, position)
+            a = self._cached(self._heads(self.c_attn(x), 3), position)
         return self.c_proj(a.flatten(2))  # (B, T, H, D) -> (B, T, S) -> (B, T, C)
 
-    def _heads(self, *tensors):
-        """Heads are contiguous slices of S: each (B, L, S) -> (B, L, H, D)."""
-        return [t.unflatten(-1, (self.heads, -1)) for t in tensors]
+    def _heads(self, x, n):
+        """[q | k | v] or a part of it, heads contiguous slices of each: (B, T, n*S) -> (n, B, H, T, D)."""
+        return x.unflatten(-1, (n, self.heads, -1)).permute(2, 0, 3, 1, 4)
 
     # ---- teacher forcing ------------------------------------------------------------------------------
     def _blocked(self, q, k, v):
@@ -148,7 +148,7 @@ class Attention(nn.Module):
     def start_cache(self, batch, dtype, device):
         """An empty cache for a new sequence of `batch` samples (zeros: prev_row's row 0 reads them), and the
         additive masks of the kinds whose visible keys follow a fixed pattern (0 visible, -inf hidden)."""
-        shape = (batch, self.cache_len, 2 * self.c_proj.w.shape[0])
+        shape = (2, batch, self.heads, self.cache_len, self.c_proj.w.shape[0] // self.heads)
         if self.cache is not None and self.cache.shape == shape and self.cache.dtype == dtype \
                 and self.cache.device == torch.device(device):
             self.cache.zero_()  # the same memory again: a compiled (CUDA-graph) step keeps its addresses
@@ -160,38 +160,41 @@ class Attention(nn.Module):
         self.slots = torch.arange(self.cache_len, device=device)  # column: row r sees rows 0 .. r
 
     def _cached(self, qkv, position):
-        """Positions position .. position+T-1 ([q | k | v], (B, T, 3S)): into the cache, then attend. A chunk
+        """Positions position .. position+T-1 (q, k, v: (3, B, H, T, D)): into the cache, then attend. A chunk
         that runs over a row boundary is handled row by row, so each piece reads one fixed set of cached keys."""
-        b, T = self.block_len, qkv.shape[1]
+        b, T = self.block_len, qkv.shape[3]
         if T == 1 or position // b == (position + T - 1) // b:  # one sampling step, or a chunk inside a row
             return self._attend_cached(qkv, position)
         pieces, start = [], position
         while start < position + T:
             stop = min(position + T, (start // b + 1) * b)  # the end of this row, or of the chunk
-            pieces.append(self._attend_cached(qkv[:, start - position:stop - position], start))
+            pieces.append(self._attend_cached(qkv[:, :, :, start - position:stop - position], start))
             start = stop
         return torch.cat(pieces, dim=1)  # (B, T, H, D)
 
     def _attend_cached(self, qkv, start):
-        """Queries at positions start .. start+T-1 of one row ([q | k | v], (B, T, 3S)) -> (B, T, H, D)."""
-        B, T, _ = qkv.shape
+        """Queries at positions start .. start+T-1 of one row (q, k, v: (3, B, H, T, D)) -> (B, T, H, D)."""
+        _, B, H, T, D = qkv.shape
         b, row, col = self.block_len, start // self.block_len, start % self.block_len
-        q, kv = qkv.tensor_split([qkv.shape[-1] // 3], dim=-1)  # (B, T, S), (B, T, 2S)
-        # Where each kind keeps position t: row by column in a ring of one row (row) or of two (prev_row).
-        slot = {"row": col, "prev_row": start % (2 * b)}.get(self.kind, start)
+        q, kv = qkv[0], qkv[1:]  # (B, H, T, D), (2, B, H, T, D)
         n = T if self.kind != "prime" else max(0, min(T, self.prime_window - start))  # prime: later keys unused
-        self.cache[:, slot:slot + n] = kv[:, :n]
+        if self.kind == "column":  # column-major: the keys of one column are contiguous, rows in order
+            self.cache.view(2, B, H, b, self.blocks, D)[:, :, :, col:col + T, row] = kv
+        else:  # in order; in a ring of one row (row) or of two (prev_row)
+            slot = {"row": col, "prev_row": start % (2 * b)}.get(self.kind, start)
+            self.cache[:, :, :, slot:slot + n] = kv[:, :, :, :n]
         if self.kind == "prev_row":  # the other row of the ring, whole: zeros while in row 0, no mask
             other = (row + 1) % 2 * b
-            keys, mask = self.cache[:, other:other + b], None  # (B, b, 2S)
-        elif self.kind == "column":  # the chunk's columns of every row: one sequence of R keys per query
-            # (B, blocks*b, 2S) -> (B, blocks, b, 2S) -> (B, blocks, T, 2S) -> (B, T, blocks, 2S) -> (B*T, blocks, 2S)
-            keys = self.cache.view(B, self.blocks, b, -1)[:, :, col:col + T].transpose(1, 2).flatten(0, 1)
-            q, mask = q.reshape(B * T, 1, -1), self.masks[row:row + 1]  # (B*T, 1, S), (1, blocks)
+            keys, mask = self.cache[:, :, :, other:other + b], None  # (2, B, H, b, D)
+        elif self.kind == "column":  # the chunk's columns, every row of each: one sequence of R keys per query
+            # (2, B, H, T*R, D) -> (2, B, H, T, R, D) -> (2, B, T, H, R, D) -> (2, B*T, H, R, D)
+            keys = self.cache[:, :, :, col * self.blocks:(col + T) * self.blocks]
+            keys = keys.unflatten(3, (T, self.blocks)).transpose(2, 3).flatten(1, 2)
+            q, mask = q.transpose(1, 2).reshape(B * T, H, 1, D), self.masks[row:row + 1]  # (1, R): rows 0 .. row
         elif self.kind == "row":
             keys, mask = self.cache, self.masks[col:col + T]  # (T, b): the own row up to each query
         else:  # dense, prime: every earlier position (prime: those inside its window)
             visible = self.slots <= torch.arange(start, start + T, device=q.device)[:, None]  # (T, K)
             keys, mask = self.cache, visible
-        a = _sdpa(*self._heads(q, *keys.chunk(2, dim=-1)), mask=mask)  # (B or B*T, T or 1, H, D)
-        return a.view(B, T, self.heads, -1)
+        a = F.scaled_dot_product_attention(q, keys[0], keys[1], attn_mask=mask)  # (B or B*T, H, T or 1, D)
+        return a.view(B, T, H, D) if self.kind == "column" else a.transpose(1, 2)

@@ -160,7 +160,7 @@ def test_start_cache_starts_a_new_sequence():
         first = run_chunks(attn, x, None, [5, 19])
         assert torch.equal(run_chunks(attn, x, None, [5, 19]), first)  # run_chunks starts with start_cache()
     attn.start_cache(2, torch.float32, "cpu")
-    assert attn.cache.shape == (2, N_CTX, WIDTH // 2) and not attn.cache.any()
+    assert attn.cache.shape == (2, 2, attn.heads, N_CTX, WIDTH // 4 // attn.heads) and not attn.cache.any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
