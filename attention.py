@@ -22,7 +22,7 @@ Reading order:
 
 Shape legend: B batch, T positions in this call, C model width, S = n_state attention width (C/4),
 H heads, D = S/H head dim, b = block_len, R rows, K cached keys one query reads, E encoder length.
-Layout: (B, T, C) at the API; (B, T, H, D) between steps; (N, H, L, D) into SDPA, as it expects.
+Layout: (B, T, C) at the API; (B, T, H, D) between steps; (N, H, L, D) into SDPA, so the cache is (2, B, H, K, D).
 """
 import torch
 import torch.nn as nn
@@ -107,8 +107,7 @@ class Attention(nn.Module):
                 kv = self.cache
             a = F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2)  # no mask; (B, T, H, D)
         elif position is None:
-            q, k, v = self.c_attn(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (B, T, 3S) -> 3 x (B, T, H, D)
-            a = self._blocked(q, k, v)
+            a = self._blocked(*self.c_attn(x).unflatten(-1, (3, self.heads, -1)).unbind(2))  # 3 x (B, T, H, D)
         else:
             a = self._cached(self._heads(self.c_attn(x), 3), position)
         return self.c_proj(a.flatten(2))  # (B, T, H, D) -> (B, T, S) -> (B, T, C)
