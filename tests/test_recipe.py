@@ -109,3 +109,22 @@ def test_bad_flag_values_are_one_line_errors(tmp_path, capsys, flag, value):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and flag in err and value in err, err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_jobs_at_once_print_prefixed_lines():
+    import io
+    out = io.StringIO()
+    stream = recipe.Prefixed(out, "[top] ")
+    print("step 1", file=stream)  # print writes the text and the newline separately
+    stream.write("step 2\nstep")
+    stream.write(" 3\n")
+    assert out.getvalue() == "[top] step 1\n[top] step 2\n[top] step 3\n"
+
+
+def test_a_user_error_in_a_job_at_once_stops_the_recipe_with_exit_code_2(tmp_path, capfd):
+    clock = recipe.Clock()
+    with pytest.raises(SystemExit) as stop:
+        argv = ["--stage", "top", "--steps", "0", "--data", str(tmp_path), "--out", str(tmp_path / "top")]
+        clock.run_at_once([("top", argv)], workers=1)
+    assert stop.value.code == 2 and "[top] error: --steps 0" in capfd.readouterr().err
+    assert not (tmp_path / "top").exists()  # nothing written
