@@ -128,3 +128,13 @@ def test_a_user_error_in_a_job_at_once_stops_the_recipe_with_exit_code_2(tmp_pat
         clock.run_at_once([("top", argv)], workers=1)
     assert stop.value.code == 2 and "[top] error: --steps 0" in capfd.readouterr().err
     assert not (tmp_path / "top").exists()  # nothing written
+
+
+def test_music_target_is_missed_when_one_draw_is_a_drone_though_the_mean_passes():
+    rate = 44100
+    song, _ = toy.toy_song([1, 0], 3.0, rate)
+    drone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(3 * rate) / rate)
+    music, static = recipe.audio_figures(song, rate), recipe.audio_figures(drone, rate)
+    assert recipe.target_misses(music, [music, music]) == []
+    misses = recipe.target_misses(music, [music, static])
+    assert len(misses) == 1 and misses[0].startswith("draw 1 is") and "static" in misses[0]
