@@ -6,8 +6,8 @@
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
 type, called in-process: `toy.py` writes procedurally generated songs; `train.py --stage vqvae`
 trains the three-level VQ-VAE (§3); `train.py --stage top|middle|bottom` trains the three priors on its codes
-(§4), at the same time in three processes; `sample.py --prime` continues the start of a held-out toy song through all three levels (§4.4). Then it
-measures what came out and prints a report:
+(§4), all three at the same time; `sample.py --prime` continues the start of a held-out toy song through all
+three levels (§4.4). Then it measures what came out and prints a report:
   - spectral convergence (dB) of each VQ-VAE level on the held-out song (the paper's Table 1 metric);
   - bits per token of each prior on the held-out song's codes, next to its training loss and the uniform
     and unigram baselines (a prior that learned something beats the unigram entropy);
@@ -59,8 +59,8 @@ class Sizes:
     vqvae_steps: tuple = (160, 640, 160)  # optimizer steps of the VQ-VAE's bottom, middle and top level: its
     # levels are independent, so the middle one, the weakest and cheap, learns on while the costly bottom one
     # rests. The top one stops early too: trained longer its codes carry more, and the tiny top prior, whose
-    # samples the middle upsampler must follow, models them worse (measured, seeds 0-2, top level 320 steps:
-    # final flatness 0.33-0.36, wider or longer-context top priors no better; 160 steps: 0.14-0.20)
+    # samples the middle upsampler must follow, models them worse (measured on seeds 0-2: with the top level
+    # at 320 steps the final flatness was 0.33-0.36 on every seed, wider or longer-context top priors no better)
     vqvae_batch: int = 4           # its batch (clips per step)
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
     prior_steps: tuple = (4800, 2400, 1200)  # steps of the top, middle, bottom prior (they train at once)
@@ -357,7 +357,8 @@ class Clock:
     def run_at_once(self, jobs, workers):
         """jobs [(name, train.py argv)] at once in `workers` fresh processes of one thread each (spawned, so no
         thread pool is inherited), in the order given; each job's wall and CPU seconds are its own."""
-        print(f"\n==== recipe: {', '.join(name for name, _ in jobs)}, at once in {workers} processes ====", flush=True)
+        names = ", ".join(name for name, _ in jobs)
+        print(f"\n==== recipe: {names}, at once in {workers} processes ====", flush=True)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [(name, pool.submit(train_alone, name, argv)) for name, argv in jobs]
             for name, future in futures:  # a worker's user error (SystemExit 2) is raised here, message printed
@@ -514,13 +515,13 @@ def print_report(report, check):
     for name, o in report["output"].items():
         print(f"    {name:24s} {o['rms']:7.4f} {o['flatness']:9.3f} {o['onset_db']:9.2f} {o['tonal_share']:12.3f} "
               f"{o['rumble']:7.3f} {o['dynamics']:9.3f}  {grade(o)}")
-    print(f"    (broken: RMS < {SILENCE_RMS:.4f}, flatness >= {NOISE_FLATNESS}, onset < {ONSET_MIN_DB} dB, rumble > "
-          f"{MAX_RUMBLE} or dynamics < {MIN_DYNAMICS}; music target: flatness <= {MAX_FLATNESS}, onset >= "
-          f"{ONSET_MIN_DB} dB and tonal share >= {TONAL_MIN}, and no single draw broken. true_codes: the VQ-VAE's decode of the song's codes; "
-          "upsampled: the upsampler on the true codes of the level above)")
     for i, d in enumerate(report["output_items"]["level_0"]):
         print(f"    level_0, draw {i}          {d['rms']:7.4f} {d['flatness']:9.3f} {d['onset_db']:9.2f} "
               f"{d['tonal_share']:12.3f} {d['rumble']:7.3f} {d['dynamics']:9.3f}  {grade(d)}")
+    print(f"    (broken: RMS < {SILENCE_RMS:.4f}, flatness >= {NOISE_FLATNESS}, onset < {ONSET_MIN_DB} dB, rumble > "
+          f"{MAX_RUMBLE} or dynamics < {MIN_DYNAMICS}; music target: flatness <= {MAX_FLATNESS}, onset >= "
+          f"{ONSET_MIN_DB} dB and tonal share >= {TONAL_MIN}, and no single draw broken. true_codes: the VQ-VAE's "
+          "decode of the song's codes; upsampled: the upsampler on the true codes of the level above)")
     print("\n  stage        wall s    CPU s")
     for name, s in report["stages"].items():
         print(f"    {name:10s} {s['wall_s']:7.0f}  {s['cpu_s']:7.0f}")
