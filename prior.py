@@ -2,12 +2,11 @@
 
 Implements the top-level priors (5b, 5b_lyrics, 1b_lyrics) and the two upsamplers of arXiv:2005.00341 §4
 (priors and upsamplers; artist, genre and timing conditioning; lyrics conditioning; sampling) and
-Appendix B (hyperparameters), exactly as released, plus tiny/bench presets that run on a CPU.
+Appendix B (hyperparameters), exactly as released, plus tiny/toy/bench presets that run on a CPU.
 
 Reading order:
   1. PriorConfig and preset(): every hyperparameter of the released models, named, with its official name.
-  2. window_y(): the label vector of one window (artist, genres, timing, lyrics), the priors' only input
-     besides the codes.
+  2. window_y(): the label vector of a window (artist, genres, timing, lyrics), the only input besides the codes.
   3. Block and Transformer: pre-LayerNorm blocks over attention.py's factorized attention kinds.
   4. The conditioning: Conditioner (codes of the level above), LabelConditioner (artist, genre, timing),
      LyricEncoder (5b_lyrics).
@@ -155,20 +154,21 @@ RELEASED = ("upsampler_level_0", "upsampler_level_1", "5b", "5b_lyrics", "1b_lyr
 
 def preset(name, level=None, lyrics="none"):
     """A named PriorConfig. Released names fix their level (upsampler_level_0/1 the bottom and middle priors, the
-    others top priors) and lyrics; "tiny" and "bench" take both: preset("tiny", level=1) is a tiny upsampler,
+    others top priors) and lyrics; "tiny", "toy" and "bench" take both: preset("tiny", level=1) is a tiny upsampler,
     preset("tiny", lyrics="merged") a 1b_lyrics-style top prior (level default 2)."""
     if name in RELEASED:
         config = _released(name)
         if level not in (None, config.level) or lyrics != "none":
-            raise ValueError(f"preset {name!r} is a level-{config.level} prior with fixed lyrics; "
-                             f"got level={level}, lyrics={lyrics!r}")
+            raise ValueError(f"preset {name!r}: a level-{config.level} prior, lyrics fixed; got {level=}, {lyrics=}")
         return config
     level = 2 if level is None else level
-    if name not in ("tiny", "bench"):
-        raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'bench')}")
+    if name not in ("tiny", "toy", "bench"):
+        raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'toy', 'bench')}")
     if lyrics not in ("none", "encoder", "merged") or (lyrics != "none" and level != 2):
         raise ValueError(f"lyrics={lyrics!r} needs level 2 and one of 'none', 'encoder', 'merged'")
-    return _cpu(name, level, lyrics)
+    # "toy", recipe.py's: tiny, but a top prior that sees 256 codes (0.74 s: a beat) and a middle one twice as wide
+    toy = {2: dict(n_ctx=256, blocks=16), 1: dict(width=64)}.get(level, {}) if name == "toy" else {}
+    return replace(_cpu("tiny" if name == "toy" else name, level, lyrics), **toy)
 
 
 # ---- the label vector of a window ---------------------------------------------------------------------

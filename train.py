@@ -97,7 +97,7 @@ def build_parser():
     arg("--data", required=True, help="folder of audio, each with an optional <stem>.json {artist, genre, lyrics}")
     arg("--out", help="run folder for checkpoints and metrics.jsonl (default runs/STAGE)")
     arg("--preset", help="vqvae.preset() or prior.preset() name (default: the released model of the stage)")
-    arg("--lyrics", default="none", choices=["none", "encoder", "merged"], help="tiny/bench top priors: "
+    arg("--lyrics", default="none", choices=["none", "encoder", "merged"], help="tiny/toy/bench top priors: "
         "lyrics as 5b_lyrics (encoder) or 1b_lyrics (merged)")
     arg("--vqvae", help="prior stages: the frozen VQ-VAE, a train.py checkpoint or run folder, or vqvae.pth.tar")
     arg("--codes", help="prior stages: the code cache folder (default DATA/.jukebox_codes)")

@@ -329,6 +329,14 @@ def test_presets():
     for level, lyrics in TINY:  # every CPU preset builds (row lengths divide, patterns exist)
         with torch.device("meta"):
             assert Prior(preset("bench", level=level, lyrics=lyrics)).config.n_ctx == 8192
+            assert Prior(preset("toy", level=level, lyrics=lyrics)).config.n_ctx == (256 if level == 2 else 64)
+    # recipe.py's "toy": tiny, but a top prior whose window holds a beat of the toy songs (0.5 s at 120 bpm, top
+    # codes of 128 samples at 44.1 kHz) and a middle upsampler twice as wide; the bottom one is tiny's
+    top, middle = preset("toy"), preset("toy", level=1)
+    assert top.n_ctx * 128 / 44100 > 0.5 and top.n_ctx // top.blocks == 16 and top.level == 2
+    assert middle.width == 2 * preset("tiny", level=1).width and preset("toy", level=0) == preset("tiny", level=0)
+    assert dataclasses.replace(top, n_ctx=64, blocks=8) == preset("tiny")
+    assert preset("toy", lyrics="merged").lyrics == "merged"
     c = preset("1b_lyrics")
     assert (c.seq_len, c.vocab_size, c.y_length, c.sample_length) == (6528, 2127, 389, 786432)
     assert dataclasses.asdict(c) == dataclasses.asdict(prior.PriorConfig(**dataclasses.asdict(c)))
