@@ -1,13 +1,13 @@
 """The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
 
-    python recipe.py                    # the full recipe: about 6 minutes on a 2-core machine
+    python recipe.py                    # the full recipe: about 10 minutes on a 2-core machine
     python recipe.py --quick            # a 10-60 s smoke run (what tests/test_recipe.py runs)
 
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
 type, called in-process: `toy.py` writes procedurally generated songs; `train.py --stage vqvae`
 trains the three-level VQ-VAE (§3); `train.py --stage top|middle|bottom` trains the three priors on its codes
-(§4), all three at the same time; `sample.py --prime` continues the start of a held-out toy song through all
-three levels (§4.4). Then it measures what came out and prints a report:
+(§4), encoded once into the code cache, all three at the same time; `sample.py --prime` continues the start of
+a held-out toy song through all three levels (§4.4). Then it measures what came out and prints a report:
   - spectral convergence (dB) of each VQ-VAE level on the held-out song (the paper's Table 1 metric);
   - bits per token of each prior on the held-out song's codes, next to its training loss and the uniform
     and unigram baselines (a prior that learned something beats the unigram entropy);
@@ -53,18 +53,19 @@ LEVEL_STAGE = sample.LEVEL_STAGE  # 2 -> "top", 1 -> "middle", 0 -> "bottom"
 @dataclasses.dataclass
 class Sizes:
     """Every knob of the recipe. Step counts are multiplied by --scale."""
-    songs: int = 8                 # toy training songs (data.py --n)
+    songs: int = 32                # toy training songs (toy.py --n): with 8, the top prior learnt them by heart
+    # (seed 2: 4.3 bits/token in training, 5.3 on the held-out song) and continued in hiss; with 32, 4.3 and 4.1
     song_seconds: float = 10.0     # length of each (data.py --seconds)
     heldout_seconds: float = 6.0   # the held-out song (another seed): evaluation and the prime
-    vqvae_steps: tuple = (160, 640, 160)  # optimizer steps of the VQ-VAE's bottom, middle and top level: its
-    # levels are independent, so the middle one, the weakest and cheap, learns on while the costly bottom one
-    # rests. The top one stops early too: trained longer its codes carry more, and the tiny top prior, whose
-    # samples the middle upsampler must follow, models them worse (measured on seeds 0-2: with the top level
-    # at 320 steps the final flatness was 0.33-0.36 on every seed, wider or longer-context top priors no better)
+    vqvae_steps: tuple = (160, 640, 320)  # optimizer steps of the VQ-VAE's bottom, middle and top level: its
+    # levels are independent, so the middle and top ones, cheap, learn on while the costly bottom one rests. The
+    # top one takes off at a seed-dependent step: after 160 steps its spectral convergence was -2.0 dB on seed 0
+    # but -0.35 and -0.81 dB on seeds 1 and 2 (its decode of true codes noise-like); after 320, -2.0 to -2.2 on each
     vqvae_batch: int = 4           # its batch (clips per step)
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
-    prior_steps: tuple = (4800, 2400, 1200)  # steps of the top, middle, bottom prior (they train at once)
-    prior_batch: tuple = (16, 32, 64)     # their batches (windows of n_ctx = 64 tokens per step)
+    prior_preset: str = "toy"      # prior.preset() of the three priors (tiny, with a longer top and a wider middle)
+    prior_steps: tuple = (4800, 4800, 2400)  # steps of the top, middle, bottom prior (they train at once)
+    prior_batch: tuple = (4, 32, 64)      # their batches, windows of n_ctx tokens: 256 (top), 64 (upsamplers)
     lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
     warmup: int = 20               # linear warmup steps of every stage
     lr_decay: bool = False         # then decay the learning rate linearly to 0 by the last step (train.py --lr-decay)
@@ -73,10 +74,11 @@ class Sizes:
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
     samples: int = 3               # continuations drawn at once (sample.py --n); the figures are their mean
-    temperature: str = "0.02,0.02,0.6"  # sample.py --temperature (bottom,middle,top), far below the released
-    # 0.99 and 0.7: tiny priors are unsure of every code, and each unsure draw adds hiss. The upsamplers are
-    # nearly greedy, the top prior at 0.6 (measured on seeds 0-2: at 0.95 seed 2 ends in noise, flatness 0.38;
-    # at 0.6 some draws settle into a held chord instead, and lower still, more of them do)
+    temperature: str = "0.02,0.02,0.8"  # sample.py --temperature (bottom,middle,top), below the released 0.99
+    # and 0.7-0.98: tiny priors are unsure of every code, and each unsure draw adds hiss. The upsamplers are nearly
+    # greedy; the top prior samples at 0.8 from its likeliest codes (top_p). Measured over 9 draws of seed 1: median
+    # flatness 0.17, none broken; at 0.95, 0.22 (and tiny's top prior at 0.6 without top_p: 4 held chords)
+    top_p: float = 0.9             # sample.py --top-p (every level): codes outside the likeliest 90 % are never drawn
     check_output: bool = True      # fail when the continuation is silent or noise-like
 
 
@@ -401,6 +403,13 @@ def train_alone(name, argv):
     return {"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}
 
 
+def encode_codes(toy_dir, runs):
+    """The code cache of the training songs, on every thread, before the priors start: each would otherwise
+    encode every song itself, at the same time."""
+    vq = train.load_vqvae(os.path.join(runs, "vqvae"))
+    data.CodeDataset(toy_dir, vq, level=0, n_ctx=64)  # any level and window: it encodes every level
+
+
 def training_commands(args, sizes, toy_dir, runs):
     """(stage, train.py argv) of the VQ-VAE, then of the priors on its codes, with every knob of `sizes`. EMA of
     the weights is off: the default decay (1 - batch/8000) averages over thousands of steps and would leave these
@@ -411,20 +420,21 @@ def training_commands(args, sizes, toy_dir, runs):
     def decay(n):  # a run of n steps: from the end of the warmup to 0 at the last step
         return ["--lr-decay-start", str(min(sizes.warmup, n)), "--lr-decay", str(max(1, n - sizes.warmup))] \
             if sizes.lr_decay else []
-    common = ["--data", toy_dir, "--preset", "tiny", "--lr", str(sizes.lr), "--warmup", str(sizes.warmup),
+    common = ["--data", toy_dir, "--lr", str(sizes.lr), "--warmup", str(sizes.warmup),
               "--ema-decay", "0", "--device", "cpu", "--seed", str(args.seed)]
     level_steps = [steps(n) for n in sizes.vqvae_steps]  # bottom, middle, top
     n = max(level_steps)
-    commands = [("vqvae", ["--stage", "vqvae", "--out", os.path.join(runs, "vqvae"), "--steps", str(n),
-                           "--level-steps", ",".join(map(str, level_steps)), "--batch-size", str(sizes.vqvae_batch),
+    commands = [("vqvae", ["--stage", "vqvae", "--preset", "tiny", "--out", os.path.join(runs, "vqvae"),
+                           "--steps", str(n), "--level-steps", ",".join(map(str, level_steps)),
+                           "--batch-size", str(sizes.vqvae_batch),
                            "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common,
                            "--log-every", str(max(1, n // 10)), *decay(n)])]
     for stage, n, batch, noise in zip(LEVEL_STAGE.values(), sizes.prior_steps, sizes.prior_batch, sizes.upper_noise):
         n = steps(n)
         commands.append((stage, [
-            "--stage", stage, "--out", os.path.join(runs, stage), "--vqvae", os.path.join(runs, "vqvae"),
-            "--steps", str(n), "--batch-size", str(batch), *common, "--log-every", str(max(1, n // 10)),
-            *decay(n), *(["--upper-noise", str(noise)] if noise else [])]))
+            "--stage", stage, "--preset", sizes.prior_preset, "--out", os.path.join(runs, stage),
+            "--vqvae", os.path.join(runs, "vqvae"), "--steps", str(n), "--batch-size", str(batch), *common,
+            "--log-every", str(max(1, n // 10)), *decay(n), *(["--upper-noise", str(noise)] if noise else [])]))
     return commands
 
 
@@ -461,10 +471,12 @@ def run(args, sizes):
     clock.run("data", make_data)
     heldout = os.path.join(heldout_dir, "toy_000.wav")
 
-    # 2. the VQ-VAE on every thread, then 3. the priors on its codes: independent of each other, so they train at
-    # once, each in a process of one thread (a tiny prior gains little from a second thread: 1.0-1.1x measured)
+    # 2. the VQ-VAE on every thread, its codes of every song into the code cache, then 3. the priors on them:
+    # independent of each other, so they train at once, each in a process of one thread (a tiny prior gains
+    # little from a second thread: 1.0-1.1x measured)
     (_, vqvae_argv), *priors = training_commands(args, sizes, toy_dir, runs)
     clock.run("vqvae", train_stage, vqvae_argv)
+    clock.run("codes", encode_codes, toy_dir, runs)
     started_priors = time.time()
     clock.run_at_once(priors, workers=min(args.threads, len(priors)))
     report["priors_wall_s"] = time.time() - started_priors
@@ -473,7 +485,8 @@ def run(args, sizes):
     torch.set_num_threads(1)
     sample_argv = ["--prime", heldout, "--prime-seconds", str(sizes.prime_seconds), "--seconds",
                    str(sizes.total_seconds), "--runs", runs, "--out", samples, "--device", "cpu",
-                   "--seed", str(args.seed), "--temperature", sizes.temperature, "--n", str(sizes.samples)]
+                   "--seed", str(args.seed), "--temperature", sizes.temperature, "--top-p", str(sizes.top_p),
+                   "--n", str(sizes.samples)]
     print("$ python sample.py " + " ".join(sample_argv), flush=True)
     code = clock.run("sample", sample.main, sample_argv)
     if code != 0:
@@ -545,7 +558,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The CPU quick start: toy songs -> VQ-VAE -> top/middle/bottom priors -> a primed "
                     "continuation, then a report (spectral convergence, bits per token, flatness, onsets and "
-                    "tones of the output, spectrograms, time per stage). About 6 minutes on 2 CPU cores.")
+                    "tones of the output, spectrograms, time per stage). About 10 minutes on 2 CPU cores.")
     parser.add_argument("--out", default="recipe_out", help="output folder; must not exist yet or be empty "
                         "(default recipe_out)")
     parser.add_argument("--quick", action="store_true", help="a 10-60 s smoke run at toy-of-toy size; the "

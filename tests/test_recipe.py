@@ -49,7 +49,7 @@ def test_quick_recipe_figures_are_finite(quick_run):
         figures += list(report["output"][name].values())
     figures += [s["wall_s"] for s in report["stages"].values()] + [report["total_wall_s"]]
     assert all(math.isfinite(f) for f in figures), figures
-    assert set(report["stages"]) == {"data", *recipe.STAGES, "sample", "measure"}
+    assert set(report["stages"]) == {"data", *recipe.STAGES, "codes", "sample", "measure"}
 
 
 def test_output_check_tells_music_from_silence_noise_and_drift():
