@@ -69,8 +69,6 @@ class Sizes:
     lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
     warmup: int = 20               # linear warmup steps of every stage
     lr_decay: bool = False         # then decay the learning rate linearly to 0 by the last step (train.py --lr-decay)
-    upper_noise: tuple = (0.0, 0.3, 0.0)  # train.py --upper-noise of the top, middle, bottom prior: the middle
-    # upsampler learns on 30 % random top codes, meant to make it robust to the top prior's imperfect ones
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
     samples: int = 3               # continuations drawn at once (sample.py --n); the figures are their mean
@@ -429,12 +427,12 @@ def training_commands(args, sizes, toy_dir, runs):
                            "--batch-size", str(sizes.vqvae_batch),
                            "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common,
                            "--log-every", str(max(1, n // 10)), *decay(n)])]
-    for stage, n, batch, noise in zip(LEVEL_STAGE.values(), sizes.prior_steps, sizes.prior_batch, sizes.upper_noise):
+    for stage, n, batch in zip(LEVEL_STAGE.values(), sizes.prior_steps, sizes.prior_batch):
         n = steps(n)
         commands.append((stage, [
             "--stage", stage, "--preset", sizes.prior_preset, "--out", os.path.join(runs, stage),
             "--vqvae", os.path.join(runs, "vqvae"), "--steps", str(n), "--batch-size", str(batch), *common,
-            "--log-every", str(max(1, n // 10)), *decay(n), *(["--upper-noise", str(noise)] if noise else [])]))
+            "--log-every", str(max(1, n // 10)), *decay(n)]))
     return commands
 
 
