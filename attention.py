@@ -178,7 +178,8 @@ class Attention(nn.Module):
         q, kv = qkv[0], qkv[1:]  # (B, H, T, D), (2, B, H, T, D)
         n = T if self.kind != "prime" else max(0, min(T, self.prime_window - start))  # prime: later keys unused
         if self.kind == "column":  # column-major: the keys of one column are contiguous, rows in order
-            self.cache.view(2, B, H, b, self.blocks, D)[:, :, :, col:col + T, row] = kv
+            # (a slice, not the integer `row`: a compiled step would be specialised, and recompiled, per row)
+            self.cache.view(2, B, H, b, self.blocks, D)[:, :, :, col:col + T, row:row + 1] = kv.unsqueeze(4)
         else:  # in order; in a ring of one row (row) or of two (prev_row)
             slot = {"row": col, "prev_row": start % (2 * b)}.get(self.kind, start)
             self.cache[:, :, :, slot:slot + n] = kv[:, :, :, :n]

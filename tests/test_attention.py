@@ -194,3 +194,23 @@ def test_conv1d_layout_and_official_shapes():
                              "c_enc_kv.b": (2400,), "c_proj.w": (1200, 4800), "c_proj.b": (4800,)}
     assert shapes(prime)["c_attn.w"] == (2048, 1536) and prime.block_len == 102
     assert torch.count_nonzero(Attention(16, 2, "cross", 8, 2).c_proj.w) == 0  # jukebox: zero_out forced
+
+
+def test_compiled_step_is_not_recompiled_per_row():
+    """sample.py --compile traces the one-token step with a symbolic position: a position used as an integer index
+    (a row of the column cache) would specialise the trace, one recompilation per row, until torch gives up.
+    Traced here without a code generator ("aot_eager"), on the column kind over eight rows."""
+    import torch._dynamo
+
+    attn, (x, _) = make("column", n_ctx=48, blocks=8), inputs(n_ctx=48)
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    step = torch.compile(attn, backend="aot_eager", dynamic=True)
+    with torch.no_grad():
+        full = attn(x)
+        attn.start_cache(len(x), x.dtype, x.device)
+        stepped = torch.cat([step(x[:, t:t + 1], position=t) for t in range(48)], dim=1)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+    assert counts["stats"]["unique_graphs"] <= 2, dict(counts["stats"])  # one trace serves every row
+    torch._dynamo.reset()
