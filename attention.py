@@ -177,8 +177,7 @@ class Attention(nn.Module):
         b, row, col = self.block_len, start // self.block_len, start % self.block_len
         q, kv = qkv[0], qkv[1:]  # (B, H, T, D), (2, B, H, T, D)
         n = T if self.kind != "prime" else max(0, min(T, self.prime_window - start))  # prime: later keys unused
-        if self.kind == "column":  # column-major: the keys of one column are contiguous, rows in order
-            # (a slice, not the integer `row`: a compiled step would be specialised, and recompiled, per row)
+        if self.kind == "column":  # column-major; a row slice, as an int would specialise --compile
             self.cache.view(2, B, H, b, self.blocks, D)[:, :, :, col:col + T, row:row + 1] = kv.unsqueeze(4)
         else:  # in order; in a ring of one row (row) or of two (prev_row)
             slot = {"row": col, "prev_row": start % (2 * b)}.get(self.kind, start)
