@@ -1,6 +1,6 @@
 """The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
 
-    python recipe.py                    # the full recipe: about 10 minutes on a 2-core machine
+    python recipe.py                    # the full recipe: about 12 minutes on a 2-core machine
     python recipe.py --quick            # a 10-60 s smoke run (what tests/test_recipe.py runs)
 
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
@@ -556,7 +556,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The CPU quick start: toy songs -> VQ-VAE -> top/middle/bottom priors -> a primed "
                     "continuation, then a report (spectral convergence, bits per token, flatness, onsets and "
-                    "tones of the output, spectrograms, time per stage). About 10 minutes on 2 CPU cores.")
+                    "tones of the output, spectrograms, time per stage). About 12 minutes on 2 CPU cores.")
     parser.add_argument("--out", default="recipe_out", help="output folder; must not exist yet or be empty "
                         "(default recipe_out)")
     parser.add_argument("--quick", action="store_true", help="a 10-60 s smoke run at toy-of-toy size; the "
