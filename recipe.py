@@ -63,7 +63,7 @@ class Sizes:
     # but -0.35 and -0.81 dB on seeds 1 and 2 (its decode of true codes noise-like); after 320, -2.0 to -2.2 on each
     vqvae_batch: int = 4           # its batch (clips per step)
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
-    prior_preset: str = "toy"      # prior.preset() of the three priors (tiny, with a longer top and a wider middle)
+    prior_preset: str = "toy"      # prior.preset() of the priors: tiny, with the changes listed there
     prior_steps: tuple = (4800, 4800, 2400)  # steps of the top, middle, bottom prior (they train at once)
     prior_batch: tuple = (4, 32, 64)      # their batches, windows of n_ctx tokens: 256 (top), 64 (upsamplers)
     lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
