@@ -177,8 +177,8 @@ class Attention(nn.Module):
         b, row, col = self.block_len, start // self.block_len, start % self.block_len
         q, kv = qkv[0], qkv[1:]  # (B, H, T, D), (2, B, H, T, D)
         n = T if self.kind != "prime" else max(0, min(T, self.prime_window - start))  # prime: later keys unused
-        if self.kind == "column":  # column-major; a row slice, as an int would specialise --compile
-            self.cache.view(2, B, H, b, self.blocks, D)[:, :, :, col:col + T, row:row + 1] = kv.unsqueeze(4)
+        if self.kind == "column":  # column-major, slot c * R + r: one strided slice (--compile writes it in place)
+            self.cache[:, :, :, col * self.blocks + row:(col + T) * self.blocks:self.blocks] = kv
         else:  # in order; in a ring of one row (row) or of two (prev_row)
             slot = {"row": col, "prev_row": start % (2 * b)}.get(self.kind, start)
             self.cache[:, :, :, slot:slot + n] = kv[:, :, :, :n]
