@@ -71,8 +71,7 @@ _UPSAMPLER = dict(_PRIOR_DEFAULTS, **_LABELS_V2, n_ctx=8192, prior_width=1920, p
 _TOP = dict(_PRIOR_DEFAULTS, **_LABELS_V2, level=2, n_ctx=8192, prior_width=4800, prior_depth=72, heads=8,
             attn_order=2, blocks=128, init_scale=0.1, min_duration=60.0, max_duration=600.0, merged_decoder=True,
             prime_loss_fraction=0.0)
-HPARAMS = {
-    "vqvae": VQVAE_HPARAMS, "upsampler_level_0": _UPSAMPLER, "5b": _TOP,
+HPARAMS = {"vqvae": VQVAE_HPARAMS, "upsampler_level_0": _UPSAMPLER, "5b": _TOP,
     "upsampler_level_1": {**_UPSAMPLER, "level": 1, "cond_res_scale": True},
     "5b_lyrics": {**_TOP, "prior_depth": 79, "attn_order": 10, "min_duration": 23.8, "use_tokens": True,
                   "n_tokens": 512, "prime_loss_fraction": 0.4, "prime_width": 1280, "prime_depth": 18,
@@ -90,8 +89,7 @@ MODELS = {name: {"vqvae": ("5b/vqvae.pth.tar", "vqvae"), 0: ("5b/prior_level_0.p
 
 # The original numbers its per-layer attention patterns (attn_order, its Transformer.__init__): layer d has the
 # kind cycle[d % len(cycle)]. Orders 3, 4, 5 need a "summary" attention no released model has: not implemented.
-ATTN_ORDER = {
-    0: ("dense",), 1: ("row", "column"), 9: FACTORIZED + ("dense",),
+ATTN_ORDER = {0: ("dense",), 1: ("row", "column"), 9: FACTORIZED + ("dense",),
     2: FACTORIZED,                                                  # upsamplers, 5b, the 5b_lyrics lyric encoder
     6: FACTORIZED + ("cross",), 7: FACTORIZED * 5 + ("cross",), 8: FACTORIZED * 3 + ("cross",),
     10: FACTORIZED * 3 + (FACTORIZED * 3 + ("cross",)) * 7,        # 5b_lyrics: cross at 18, 28, ..., 78
@@ -131,8 +129,7 @@ def vqvae_config(hparams=None):
     """Official VQ-VAE hparams (a name or dict; missing keys = the released values) -> VQVAEConfig."""
     hp = _hparams(hparams or "vqvae", VQVAE_HPARAMS, "vqvae")
     lmix = hp["loss_fn"] == "lmix"  # else plain l2
-    return VQVAEConfig(
-        sample_rate=hp["sr"], downs=tuple(hp["downs_t"]), strides=tuple(hp["strides_t"]),
+    return VQVAEConfig(sample_rate=hp["sr"], downs=tuple(hp["downs_t"]), strides=tuple(hp["strides_t"]),
         codebook_size=hp["l_bins"], embedding_width=hp["emb_width"], width=hp["width"], depth=hp["depth"],
         level_multipliers=tuple(hp["hvqvae_multipliers"] or (1,) * len(hp["downs_t"])),
         dilation_growth=hp["dilation_growth_rate"], reverse_decoder_dilation=hp["vqvae_reverse_decoder_dilation"],
