@@ -137,6 +137,7 @@ def step_times(model, y, upper, batch, first, count, floor=None):
     window = model.condition(y.expand(batch, -1), None if upper is None else upper.expand(batch, -1))
     prev = torch.randint(model.config.codebook_size, (batch, first + count))
     model.start_cache(batch, "cpu")
+    step = getattr(model, "_compiled_step", model.extend)  # torch.compile'd with --compile
     begin = time.perf_counter()
     for position in range(0, first, 32):
         model.activations(window, prev[:, position:min(first, position + 32)], position)
@@ -148,7 +149,7 @@ def step_times(model, y, upper, batch, first, count, floor=None):
             floor()
             floors.append(time.perf_counter() - begin)
         begin = time.perf_counter()
-        model.extend(window, prev[:, position:position + 1], position)
+        step(window, prev[:, position:position + 1], position)
         steps.append(time.perf_counter() - begin)
     median = lambda v: sorted(v)[len(v) // 2] * 1e3 if v else float("nan")
     return median(steps), median(floors), prefill
@@ -161,7 +162,8 @@ def bench_sampling(args):
     Rows: ms per cached step (one new position for every sample of the batch; median over positions 64..192)
     at batch 1, 4, 16, beside the floor (the same step's matrix products alone, timed interleaved) and their
     ratio; a step at position 4096; the prefill of 4096 prime positions (chunks of 32) + the first step; a
-    teacher-forced forward over 8192 positions, batch 1. Positions are tokens; for the upsampler, audio."""
+    teacher-forced forward over 8192 positions, batch 1. Positions are tokens; for the upsampler, audio.
+    --compile: the steps run through Prior.compile_step (the first ones compile, outside the median)."""
     from prior import Prior, preset, window_y
     print("| prior | row | ms | floor ms | step / floor |")
     print("|---|---|---|---|---|")
@@ -171,6 +173,8 @@ def bench_sampling(args):
         model = Prior(config).eval()
         if args.dtype != "float32":
             model.half_blocks(getattr(torch, args.dtype))
+        if args.compile:
+            model.compile_step()
         name = "bench top" if level == 2 else "bench upsampler"
         y = window_y(config, 0, [0], 60 * config.sample_rate)[None]  # (1, n_y)
         upper = None if config.is_top else torch.randint(config.codebook_size, (1, config.n_ctx // 4))
@@ -315,6 +319,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="sampling: precision of the transformer blocks")
+    parser.add_argument("--compile", action="store_true", help="sampling: torch.compile the cached step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")

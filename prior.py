@@ -262,10 +262,7 @@ class Transformer(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02 * init_scale)
         self.pos_embedding = nn.Parameter(torch.empty(seq_len, width))  # jukebox: a learned absolute table
         nn.init.normal_(self.pos_embedding, std=0.01 * init_scale)
-        self.start_token = None
-        if start_token:
-            self.start_token = nn.Parameter(torch.empty(1, width))
-            nn.init.normal_(self.start_token, std=0.01 * init_scale)
+        self.start_token = nn.Parameter(torch.randn(1, width) * (0.01 * init_scale)) if start_token else None
         self.blocks = nn.ModuleList(Block(width, heads, kind, seq_len, blocks, init_scale, prime_len, encoder_len)
                                     for kind in kinds)
         self.lm_head = None
@@ -572,10 +569,16 @@ class Prior(nn.Module):
         return loss, {"gen_loss": gen_loss.detach(), "prime_loss": prime_loss.detach()}
 
     # -- sampling ---------------------------------------------------------------------------------------
-    def compile_step(self, mode=None):
-        """From now on sample() runs each new position through torch.compile(extend); mode "reduce-overhead"
-        replays it as a CUDA graph on GPUs. The first positions pay for the compilation."""
-        self._compiled_step = torch.compile(self.extend, mode=mode, dynamic=True)
+    def compile_step(self, cuda_graphs=False):
+        """From now on sample() runs each new position through torch.compile(extend), the first ones compiling it:
+        replayed as a CUDA graph, or on CPU with a C++ wrapper calling the kernels (no Python per op) and the
+        weights frozen into it as constants, prepacked for oneDNN (inductor's global switch; no-grad graphs only)."""
+        import torch._inductor.config as inductor
+        inductor.freezing |= not cuda_graphs
+        dynamo = torch._dynamo.config  # up to 5 graphs per prior and batch size (position 0, a row's start, ...)
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+        how = dict(mode="reduce-overhead") if cuda_graphs else dict(options={"cpp_wrapper": True})
+        self._compiled_step = torch.compile(self.extend, dynamic=True, **how)
 
     def start_cache(self, batch, device):
         """Empty attention caches for `batch` new sequences (sample() does this for each window)."""

@@ -146,7 +146,7 @@ class PriorFile:
         model = (official.load_prior(self.path, self.source, dtype=self.dtype) if isinstance(self.source, str)
                  else train.build_model(self.source).half_blocks(self.dtype)).to(self.device)
         if self.compile:  # on CUDA the compiled step is replayed as a CUDA graph
-            model.compile_step("reduce-overhead" if torch.device(self.device).type == "cuda" else None)
+            model.compile_step(cuda_graphs=torch.device(self.device).type == "cuda")
         return model
 
 
