@@ -330,8 +330,8 @@ class Run:
             fully_shard(model, mp_policy=policy)
         # The EMA lives apart from the model, in fp32 (local shards under --fsdp): the model has the trained weights.
         self.ema = {n: p.detach().clone().float() for n, p in model.named_parameters()} if args.ema_decay else None
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                                           eps=args.eps, weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
+                                           weight_decay=args.weight_decay, fused=True)  # one kernel, not one per weight
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")  # a pass-through unless fp16
         if ckpt is not None:  # whole tensors by parameter name, cut into this rank's shards
             whole = dcp.StateDictOptions(full_state_dict=True)  # not cpu_offload: load onto this rank's device

@@ -107,8 +107,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualStack(nn.Module):
-    """`depth` residual blocks with dilations 1, g, g^2, ..., restarting every `dilation_cycle` blocks if given
-    (official Resnet1D)."""
+    """`depth` residual blocks of dilations 1, g, g^2, ..., restarting every `dilation_cycle` (official Resnet1D)."""
 
     def __init__(self, width, depth, dilation_growth, reverse_dilation=False, dilation_cycle=None, res_scale=1.0):
         super().__init__()
@@ -240,8 +239,7 @@ class Codebook(nn.Module):
         return F.embedding(codes, self.embeddings).permute(0, 2, 1)  # (B, T, D) -> (B, D, T)
 
     def forward(self, latents):
-        """latents (B, D, T) -> (quantised (B, D, T) with straight-through gradients, codes (B, T), commit loss,
-        metrics)."""
+        """latents (B, D, T) -> (quantised (B, D, T), straight-through; codes (B, T); commit loss; metrics)."""
         B, D, T = latents.shape
         x = latents.permute(0, 2, 1).reshape(B * T, D).float()  # (B, D, T) -> (N, D)
         # The quantiser works in float32 whatever autocast does outside: the argmin is precision-sensitive.
