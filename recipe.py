@@ -1,6 +1,6 @@
 """The CPU quick start: from nothing to a primed continuation you can listen to, on a laptop CPU.
 
-    python recipe.py                    # the full recipe: about 12 minutes on a 2-core machine
+    python recipe.py                    # the full recipe: about 10 minutes on a 2-core machine
     python recipe.py --quick            # a 10-60 s smoke run (what tests/test_recipe.py runs)
 
 It runs the whole of Jukebox (arXiv:2005.00341) end to end at toy size, with the same commands a user would
@@ -64,7 +64,11 @@ class Sizes:
     vqvae_batch: int = 4           # its batch (clips per step)
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
     prior_preset: str = "toy"      # prior.preset() of the priors: tiny, with the changes listed there
-    prior_steps: tuple = (4800, 4800, 2400)  # steps of the top, middle, bottom prior (they train at once)
+    prior_steps: tuple = (7200, 4800, 2400)  # steps of the top, middle, bottom prior (they train at once: the top,
+    # then the bottom, in one process, the middle in the other). Top continuations of seed 0 at 4800 / 7200 steps:
+    # median flatness 0.128 / 0.117, onsets 3.4-5.9 / 4.4-5.7 dB over 8 draws. The upsamplers' greedy continuations
+    # do not improve with their held-out loss: longer (7200 / 3000) helped seed 2 on one trajectory and hurt it on
+    # another (its middle on the true top codes 0.158 at 4800 steps, 0.231 at 7200)
     prior_batch: tuple = (4, 32, 64)      # their batches, windows of n_ctx tokens: 256 (top), 64 (upsamplers)
     lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
     warmup: int = 20               # linear warmup steps of every stage
@@ -72,11 +76,12 @@ class Sizes:
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
     samples: int = 3               # continuations drawn at once (sample.py --n); the figures are their mean
-    temperature: str = "0.02,0.02,0.8"  # sample.py --temperature (bottom,middle,top), below the released 0.99
-    # and 0.7-0.98: tiny priors are unsure of every code, and each unsure draw adds hiss. The upsamplers are nearly
-    # greedy; the top prior samples at 0.8 from its likeliest codes (top_p). Measured over 9 draws of seed 1: median
-    # flatness 0.17, none broken; at 0.95, 0.22 (and tiny's top prior at 0.6 without top_p: 4 held chords)
-    top_p: float = 0.9             # sample.py --top-p (every level): codes outside the likeliest 90 % are never drawn
+    temperature: str = "0.02,0.02,0.7"  # sample.py --temperature (bottom,middle,top): the upsamplers nearly greedy,
+    # not the released 0.99: tiny upsamplers are unsure of every code, and each unsure draw adds hiss. The top prior
+    # at 0.7 (released: 0.7-0.98) from its whole distribution, as the original. Top continuations, 8 draws per top
+    # prior of four runs: at 0.8 with top-p 0.9, 7 of 32 held one chord (onsets under 2 dB; 6 of 8 on one prior);
+    # at 0.7 without top-p, 1 of 48 (six priors; median tonal share 0.56-0.61); at 0.6, 2 of 8
+    top_p: float = 0.0             # sample.py --top-p (every level): 0 = off
     check_output: bool = True      # fail when the continuation is silent or noise-like
 
 
@@ -556,7 +561,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The CPU quick start: toy songs -> VQ-VAE -> top/middle/bottom priors -> a primed "
                     "continuation, then a report (spectral convergence, bits per token, flatness, onsets and "
-                    "tones of the output, spectrograms, time per stage). About 12 minutes on 2 CPU cores.")
+                    "tones of the output, spectrograms, time per stage). About 10 minutes on 2 CPU cores.")
     parser.add_argument("--out", default="recipe_out", help="output folder; must not exist yet or be empty "
                         "(default recipe_out)")
     parser.add_argument("--quick", action="store_true", help="a 10-60 s smoke run at toy-of-toy size; the "
