@@ -17,8 +17,9 @@ Reading order:
     1. Conv1D: the projection whose (in, out) weights load the official checkpoints as they are.
     2. Attention.forward -> _blocked: teacher forcing; each sparse kind is a reshape of (B, T, C) into many
        small dense problems ("blocked layout") handed to scaled_dot_product_attention, no (T, T) mask.
-    3. Attention.start_cache -> _cached: sampling; every kind keeps a fixed-size cache written in place,
-       and a chunk of new positions attends to a fixed-size set of cached keys under a small mask.
+    3. Attention.start_cache -> _keep, _cached: sampling; every kind keeps a fixed-size cache written in place.
+       A prime from position 0 attends blocked, as in teacher forcing, and _keep files its keys; a later chunk
+       of positions attends to a fixed-size set of cached keys under a small mask.
 
 Shape legend: B batch, T positions in this call, C model width, S = n_state attention width (C/4),
 H heads, D = S/H head dim, b = block_len, R rows, K cached keys one query reads, E encoder length.
@@ -40,11 +41,9 @@ class Conv1D(nn.Module):
         self.b = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x):
-        w, b = self.w, self.b
-        if w.dtype != x.dtype:  # jukebox: weights are cast to the input's dtype, so half activations run fp32 ones
-            w, b = w.to(x.dtype), b.to(x.dtype)
-        elif b.dtype != x.dtype:  # half-precision blocks keep their biases in float32
-            b = b.to(x.dtype)
+        # jukebox: weights are cast to the input's dtype, so half activations run fp32 ones (and half-precision
+        # blocks, whose biases stay float32, cast those); where the dtypes match, .to() returns the tensor itself
+        w, b = self.w.to(x.dtype), self.b.to(x.dtype)
         return torch.addmm(b, x.reshape(-1, w.shape[0]), w).view(*x.shape[:-1], w.shape[1])  # one fused GEMM
 
 
@@ -98,16 +97,16 @@ class Attention(nn.Module):
     def forward(self, x, encoder_kv=None, position=None):
         if self.kind == "cross":
             q = self._heads(self.c_attn(x), 1)[0]  # (B, H, T, D)
-            if position is None or position == 0:
-                kv = self._heads(self.c_enc_kv(encoder_kv.to(x.dtype)), 2)  # (2, B, H, E, D)
-                assert kv.shape[3] == self.encoder_len, f"encoder_kv: {kv.shape[3]} positions, not {self.encoder_len}"
-                if position == 0:
-                    self.cache.copy_(kv)  # the encoder's keys and values serve every later position
-            else:
-                kv = self.cache
+            kv = self.cache if position else self._heads(self.c_enc_kv(encoder_kv.to(x.dtype)), 2)  # (2, B, H, E, D)
+            assert kv.shape[3] == self.encoder_len, f"encoder_kv: {kv.shape[3]} positions, not {self.encoder_len}"
+            if position == 0:
+                self.cache.copy_(kv)  # the encoder's keys and values serve every later position
             a = F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2)  # no mask; (B, T, H, D)
-        elif position is None:
-            a = self._blocked(*self.c_attn(x).unflatten(-1, (3, self.heads, -1)).unbind(2))  # 3 x (B, T, H, D)
+        elif position in (None, 0):  # teacher forcing; a prefill from position 0 is the same attention
+            q, k, v = self.c_attn(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # 3 x (B, T, H, D)
+            a = self._blocked(q, k, v)
+            if position == 0:
+                self._keep(k, v)
         else:
             a = self._cached(self._heads(self.c_attn(x), 3), position)
         return self.c_proj(a.flatten(2))  # (B, T, H, D) -> (B, T, S) -> (B, T, C)
@@ -157,6 +156,14 @@ class Attention(nn.Module):
         hidden = torch.ones(side, side, dtype=torch.bool, device=device).triu(1)  # row: column c sees 0 .. c;
         self.masks = torch.zeros(side, side, dtype=dtype, device=device).masked_fill(hidden, float("-inf"))
         self.slots = torch.arange(self.cache_len, device=device)  # column: row r sees rows 0 .. r
+
+    def _keep(self, k, v):
+        """Keys and values (B, T, H, D) of positions 0 .. T-1, run blocked: into the slots the cached steps read."""
+        T, b, row = k.shape[1], self.block_len, (k.shape[1] - 1) // self.block_len  # the row of position T-1
+        first = {"row": row * b, "prev_row": max(0, row - 1) * b}.get(self.kind, 0)  # the rows a step reads
+        t = torch.arange(first, min(T, self.prime_window) if self.kind == "prime" else T, device=k.device)
+        slot = {"row": t % b, "prev_row": t % (2 * b), "column": t % b * self.blocks + t // b}.get(self.kind, t)
+        self.cache.index_copy_(3, slot, torch.stack([k, v])[:, :, t].transpose(2, 3))  # (2, B, H, n, D)
 
     def _cached(self, qkv, position):
         """Positions position .. position+T-1 (q, k, v: (3, B, H, T, D)): into the cache, then attend. A chunk

@@ -131,16 +131,17 @@ def gemv_floor(model, batch):
     return products
 
 
-def step_times(model, y, upper, batch, first, count, floor=None):
-    """Median ms of the cached steps at positions first .. first+count-1 (after a prefill of `first` tokens,
-    whose time is returned too), and of `floor` timed between them (interleaved: shared cores slow both)."""
+def step_times(model, y, upper, batch, first, count, floor=None, chunk=None):
+    """Median ms of the cached steps at positions first .. first+count-1 (after a prefill of `first` tokens in
+    chunks of `chunk`, or in one pass; its time is returned too), and of `floor` timed between them (interleaved:
+    shared cores slow both)."""
     window = model.condition(y.expand(batch, -1), None if upper is None else upper.expand(batch, -1))
     prev = torch.randint(model.config.codebook_size, (batch, first + count))
     model.start_cache(batch, "cpu")
     step = getattr(model, "_compiled_step", model.extend)  # torch.compile'd with --compile
     begin = time.perf_counter()
-    for position in range(0, first, 32):
-        model.activations(window, prev[:, position:min(first, position + 32)], position)
+    for position in range(0, first, chunk or max(first, 1)):
+        model.activations(window, prev[:, position:min(first, position + (chunk or first))], position)
     prefill = time.perf_counter() - begin
     steps, floors = [], []
     for position in range(first, first + count):
@@ -161,8 +162,8 @@ def bench_sampling(args):
 
     Rows: ms per cached step (one new position for every sample of the batch; median over positions 64..192)
     at batch 1, 4, 16, beside the floor (the same step's matrix products alone, timed interleaved) and their
-    ratio; a step at position 4096; the prefill of 4096 prime positions (chunks of 32) + the first step; a
-    teacher-forced forward over 8192 positions, batch 1. Positions are tokens; for the upsampler, audio.
+    ratio; a step at position 4096; the prefill of 4096 prime positions (in one pass, and in chunks of 32) + the
+    first step; a teacher-forced forward over 8192 positions, batch 1. Positions are tokens; for the upsampler, audio.
     --compile: the steps run through Prior.compile_step (the first ones compile, outside the median)."""
     from prior import Prior, preset, window_y
     print("| prior | row | ms | floor ms | step / floor |")
@@ -183,9 +184,11 @@ def bench_sampling(args):
                 step, floor, _ = step_times(model, y, upper, batch, 64, 128, gemv_floor(model, batch))
                 print(f"| {name} | cached step, batch {batch} | {step:.2f} | {floor:.2f} | {step / floor:.2f} |",
                       flush=True)
-            step, _, prefill = step_times(model, y, upper, 1, 4096, 32)
+            for chunk in (None, 32):  # sample.py's default, one blocked pass, and the original's chunks
+                step, _, prefill = step_times(model, y, upper, 1, 4096, 32, chunk=chunk)
+                how = "in one pass" if chunk is None else f"in chunks of {chunk}"
+                print(f"| {name} | prefill 4096 {how} + first step | {prefill * 1e3 + step:.0f} | | |")
             print(f"| {name} | cached step at position 4096, batch 1 | {step:.2f} | | |")
-            print(f"| {name} | prefill 4096 + first step | {prefill * 1e3 + step:.0f} | | |")
             tokens = torch.randint(config.codebook_size, (1, config.n_ctx))
             forward = timed(lambda: model.logits(tokens, y, upper), repeats=2)
             print(f"| {name} | teacher-forced forward, 8192 positions | {forward * 1e3:.0f} | | |", flush=True)

@@ -95,8 +95,7 @@ ATTN_ORDER = {0: ("dense",), 1: ("row", "column"), 9: FACTORIZED + ("dense",),
     10: FACTORIZED * 3 + (FACTORIZED * 3 + ("cross",)) * 7,        # 5b_lyrics: cross at 18, 28, ..., 78
     # layer 15 of every 16 is special, chosen by d % 3: cross/prime at 15 and 31, dense at 47 (period 48)
     11: tuple(("cross", "cross", "dense")[d % 3] if d % 16 == 15 else FACTORIZED[d % 3] for d in range(48)),
-    12: tuple(("prime", "prime", "dense")[d % 3] if d % 16 == 15 else FACTORIZED[d % 3] for d in range(48)),
-}
+    12: tuple(("prime", "prime", "dense")[d % 3] if d % 16 == 15 else FACTORIZED[d % 3] for d in range(48))}
 
 # The values our modules implement (the original's defaults, and every release's); hparams with others are refused.
 _IMPLEMENTED = dict(

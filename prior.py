@@ -186,8 +186,7 @@ def lyric_window(tokens, n_tokens, total_length, offset, duration):
         return [0] * pad + list(tokens), [-1] * pad + list(range(len(tokens)))
     if not 0 <= offset < total_length:
         raise ValueError(f"offset {offset} outside the song [0, {total_length})")
-    # The character at the window's centre in time, then the window around it, shifted to stay inside the lyrics:
-    # at the start of a song it is the first n_tokens, at the end the last n_tokens.
+    # The n_tokens around the character at the window's centre in time, shifted to stay inside the lyrics.
     mid = int(len(tokens) * (offset + duration / 2.0) / total_length)  # jukebox: float, then truncated
     first = min(max(mid - n_tokens // 2, 0), len(tokens) - n_tokens)
     indices = list(range(first, first + n_tokens))
@@ -446,7 +445,7 @@ class Sampling:
     temperature: float = 1.0       # logits are divided by it (temp)
     top_k: int = 0                 # keep the k most likely tokens, 0 = off (top_k)
     top_p: float = 0.0             # keep the smallest set with this probability mass, 0 = off (top_p)
-    chunk_size: int = 32           # prime positions per prefill pass, None = all at once (chunk_size)
+    chunk_size: int = None         # prime positions per prefill pass (chunk_size); None: all in one blocked pass
     mask_lyric_ids: bool = False   # "merged": forbid character ids at music positions (the original does not)
 
 

@@ -39,7 +39,7 @@ class Settings:
     temperature: tuple = (0.99, 0.99, 0.98)  # softmax temperature (Colab notebook: top .98, upsamplers .99)
     top_k: int = 0  # keep the k most likely tokens, 0 = off (released: 0)
     top_p: float = 0.0  # nucleus sampling mass, 0 = off (released: 0.0)
-    chunk_size: int = 32  # prime tokens per prefill step (released: 32; 16 for the 5b top prior)
+    chunk_size: int = None  # prime tokens per prefill step, None = one pass (released: 32; 16 for the 5b top)
     batch_size: int = 16  # samples per prior.sample call (released max_batch_size: 16; 3 for the 5b top)
 
 
@@ -361,7 +361,7 @@ def per_level(text, flag, low, high):
 def check_flags(args):
     """UserError for a flag out of range or missing its partner, else (Settings, levels top first)."""
     for name, least in {"n": 1, "batch_size": 1, "chunk_size": 1, "top_k": 0, "seed": 0}.items():
-        if getattr(args, name) < least:
+        if getattr(args, name) is not None and getattr(args, name) < least:  # None: --chunk-size not given
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {least}")
     for name in ("seconds", "song_seconds", "prime_seconds"):  # None: not given; nan fails both comparisons
         if getattr(args, name) is not None and not 0 < getattr(args, name) < math.inf:
@@ -425,7 +425,7 @@ def build_parser():
     arg("--top-k", type=int, default=0, metavar="K", help="sample among the k most likely codes (default 0 = off)")
     arg("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling mass (default 0 = off)")
     arg("--hop-fraction", default="0.5,0.5,0.125", metavar="F[,F,F]", help="window hop / n_ctx (default %(default)s)")
-    arg("--chunk-size", type=int, default=32, help="prime tokens per prefill step (default %(default)s)")
+    arg("--chunk-size", type=int, help="prime tokens per prefill step, to bound memory (default: all at once)")
     arg("--batch-size", type=int, default=16, help="samples per prior call, bounds memory (default %(default)s)")
     arg("--seed", type=int, default=0, help="random seed of the sampling (default %(default)s)")
     arg("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype of the prior blocks")

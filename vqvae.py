@@ -90,8 +90,7 @@ def preset(name):
 
 
 # ---- convolution stacks ----------------------------------------------------------------------------
-# Every container below is an nn.Sequential whose indices match the official one, so that state-dict keys
-# differ from the official ones only by the renames in the module docstring.
+# Each container below is an nn.Sequential with the official indices: keys differ only by the docstring's renames.
 class ResidualBlock(nn.Module):
     """Pre-activation dilated residual block without normalisation: x + res_scale * conv1x1(relu(conv3(relu(x))))
     (official ResConv1DBlock; the weights sit at indices 1 and 3, `model.1` and `model.3`)."""
@@ -299,18 +298,15 @@ class Codebook(nn.Module):
         self.ema_sums.mul_(self.ema_decay).add_(batch_sums, alpha=1 - self.ema_decay)
         self.ema_counts.mul_(self.ema_decay).add_(batch_counts, alpha=1 - self.ema_decay)
         used = self.ema_counts >= self.restart_threshold  # (K,)
-        # A used code becomes the mean of what it has been assigned; a dead one restarts at a random latent.
-        # (torch.where rather than the original's usage*mean + (1-usage)*rand: same values, and a count that
-        # underflowed to 0 cannot turn into NaN.)
+        # A used code becomes the mean of what it has been assigned; a dead one restarts at a random latent
+        # (torch.where: the original's usage*mean + (1-usage)*rand, without NaN from a count underflowed to 0).
         means = self.ema_sums / self.ema_counts[:, None]
         self.embeddings.copy_(torch.where(used[:, None], means, candidates))
         p = batch_counts / batch_counts.sum()  # (K,) code histogram of this batch
-        return dict(
-            usage=used.sum().float(),  # codes alive by their EMA count (official usage)
-            batch_usage=(batch_counts >= self.restart_threshold).sum().float(),  # codes used in this batch (used_curr)
-            entropy=-(p * torch.log(p + 1e-8)).sum(),  # nats; log(K) when all codes are equally used
-            codebook_change=torch.linalg.vector_norm(self.embeddings - old) / math.sqrt(old.numel()),  # (dk)
-        )
+        return dict(usage=used.sum().float(),  # codes alive by their EMA count (official usage)
+                    batch_usage=(batch_counts >= self.restart_threshold).sum().float(),  # in this batch (used_curr)
+                    entropy=-(p * torch.log(p + 1e-8)).sum(),  # nats; log(K) when all codes are equally used
+                    codebook_change=torch.linalg.vector_norm(self.embeddings - old) / math.sqrt(old.numel()))  # dk
 
     @torch.no_grad()
     def restore(self):

@@ -129,6 +129,8 @@ CHUNKINGS = {
     "whole rows": [6] * 4,
     "prime of 7 (mid-row), then tokens": [7] + [1] * 17,
     "prime of 13 (past prime window), then mixed": [13, 1, 3, 1, 6],
+    "prime of 12 (ends a row), then tokens": [12] + [1] * 12,
+    "prime of 19 (three rows and one), then a chunk": [19, 5],
     "one chunk": [N_CTX],
 }
 
