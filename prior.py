@@ -166,8 +166,8 @@ def preset(name, level=None, lyrics="none"):
         raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'toy', 'bench')}")
     if lyrics not in ("none", "encoder", "merged") or (lyrics != "none" and level != 2):
         raise ValueError(f"lyrics={lyrics!r} needs level 2 and one of 'none', 'encoder', 'merged'")
-    # "toy" (recipe.py): tiny; the top sees 256 codes (0.74 s, a beat), middle width 64, bottom Conditioner 128 x 4
-    toy = {2: dict(n_ctx=256, blocks=16), 1: dict(width=64), 0: dict(cond_width=128, cond_depth=4)}
+    # "toy" (recipe.py): tiny, all three 64 wide; the top sees 256 codes (0.74 s, a beat), bottom Conditioner 128x4
+    toy = {2: dict(n_ctx=256, blocks=16, width=64), 1: dict(width=64), 0: dict(width=64, cond_width=128, cond_depth=4)}
     return replace(_cpu("tiny" if name == "toy" else name, level, lyrics), **(toy[level] if name == "toy" else {}))
 
 

@@ -77,7 +77,7 @@ class Sizes:
     lr_decay: bool = False         # then decay the learning rate linearly to 0 by the last step (train.py --lr-decay)
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
-    samples: int = 3               # continuations drawn at once (sample.py --n); the figures are their mean
+    samples: int = 6               # continuations drawn at once (sample.py --n); the figures are their mean
     temperature: str = "0.02,0.02,0.7"  # sample.py --temperature (bottom,middle,top): the upsamplers nearly greedy,
     # not the released 0.99: tiny upsamplers are unsure of every code, and each unsure draw adds hiss. The top prior
     # at 0.7 (released: 0.7-0.98) from its whole distribution, as the original. Top continuations, 8 draws per top
