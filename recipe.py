@@ -65,7 +65,9 @@ class Sizes:
     vqvae_sample_length: int = 16384  # its clip length in samples (0.37 s; a multiple of the top hop 128)
     prior_preset: str = "toy"      # prior.preset() of the priors: tiny, with the changes listed there. Its bottom
     # Conditioner has 128 channels: with 64, the bottom upsampler on the true middle codes measured flatness 0.208 /
-    # 0.190 / 0.237 (seeds 0 / 1 / 2), with 128, 0.180 / 0.184 / 0.198, at 1.7x the time per step
+    # 0.190 / 0.237 (seeds 0 / 1 / 2), with 128, 0.180 / 0.184 / 0.198, at 1.7x the time per step. Its bottom
+    # transformer is 64 wide: retrained on one seed-1 run, 6 draws x 3 sampling seeds, 32 wide: flatness 0.195-0.219,
+    # onsets ~3.5 dB; 64 wide: 0.162-0.183, 5.0-5.3 dB, at 1.25x the time
     prior_steps: tuple = (7200, 4800, 2400)  # steps of the top, middle, bottom prior (they train at once: the
     # bottom in one process, the middle, then the top in the other). Top continuations of seed 0 at 4800 / 7200 steps:
     # median flatness 0.128 / 0.117, onsets 3.4-5.9 / 4.4-5.7 dB over 8 draws. The upsamplers' greedy continuations
@@ -77,7 +79,8 @@ class Sizes:
     lr_decay: bool = False         # then decay the learning rate linearly to 0 by the last step (train.py --lr-decay)
     prime_seconds: float = 1.0     # the start of the held-out song given to sample.py --prime
     total_seconds: float = 3.0     # prime + continuation
-    samples: int = 6               # continuations drawn at once (sample.py --n); the figures are their mean
+    samples: int = 6               # continuations drawn at once (sample.py --n); the figures are their mean: six
+    # draws, not three, so that one unlucky draw moves the verdict half as much (a draw costs ~2 s)
     temperature: str = "0.02,0.02,0.7"  # sample.py --temperature (bottom,middle,top): the upsamplers nearly greedy,
     # not the released 0.99: tiny upsamplers are unsure of every code, and each unsure draw adds hiss. The top prior
     # at 0.7 (released: 0.7-0.98) from its whole distribution, as the original. Top continuations, 8 draws per top
