@@ -166,8 +166,9 @@ def preset(name, level=None, lyrics="none"):
         raise ValueError(f"unknown prior preset {name!r}; choose from {RELEASED + ('tiny', 'toy', 'bench')}")
     if lyrics not in ("none", "encoder", "merged") or (lyrics != "none" and level != 2):
         raise ValueError(f"lyrics={lyrics!r} needs level 2 and one of 'none', 'encoder', 'merged'")
-    # "toy" (recipe.py): tiny, all three 64 wide; the top sees 256 codes (0.74 s, a beat), bottom Conditioner 128x4
-    toy = {2: dict(n_ctx=256, blocks=16, width=64), 1: dict(width=64), 0: dict(width=64, cond_width=128, cond_depth=4)}
+    # "toy" (recipe.py): tiny, 64 wide; the top sees 256 codes (0.74 s), the bottom 128 via a 128 x 4 Conditioner
+    toy = {2: dict(n_ctx=256, blocks=16, width=64), 1: dict(width=64),
+           0: dict(n_ctx=128, blocks=16, width=64, cond_width=128, cond_depth=4)}
     return replace(_cpu("tiny" if name == "toy" else name, level, lyrics), **(toy[level] if name == "toy" else {}))
 
 
@@ -279,8 +280,7 @@ class Transformer(nn.Module):
         """Inputs of positions position .. position+t-1 from the tokens before them (B, t) -> (B, t, W).
 
         prev_tokens[:, i] is the token at position + i - 1; when position == 0 its first column is ignored and
-        position 0 gets the start embedding, (B, 1, W) or (1, W).
-        """
+        position 0 gets the start embedding, (B, 1, W) or (1, W)."""
         h = self.token_embedding(prev_tokens)  # (B, t, W)
         if position == 0:
             first = start_embedding.view(-1, 1, h.shape[-1]).expand(len(h), 1, -1).to(h.dtype)  # (B, 1, W)

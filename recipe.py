@@ -73,7 +73,14 @@ class Sizes:
     # median flatness 0.128 / 0.117, onsets 3.4-5.9 / 4.4-5.7 dB over 8 draws. The upsamplers' greedy continuations
     # do not improve with their held-out loss: longer (7200 / 3000) helped seed 2 on one trajectory and hurt it on
     # another (its middle on the true top codes 0.158 at 4800 steps, 0.231 at 7200)
-    prior_batch: tuple = (4, 32, 64)      # their batches, windows of n_ctx tokens: 256 (top), 64 (upsamplers)
+    prior_batch: tuple = (4, 32, 32)      # their batches, windows of n_ctx tokens: 256 (top), 64 (middle), 128
+    # (bottom). The bottom one seeing 128 codes instead of 64 at the same tokens per step (batch 64): on three trained
+    # runs (with a 96-wide middle), final flatness 0.151 / 0.225 / 0.279 -> 0.152 / 0.227 / 0.167 (seeds 0 / 1 / 2):
+    # it holds up on the middle codes the middle upsampler samples, where seed 2's 64-code one turned to hiss (0.198
+    # on the true ones)
+    prior_ema: tuple = (0.998, 0.0, 0.0)  # weight EMA decay of the top, middle, bottom prior (train.py --ema-decay;
+    # sampling uses the average). The released 1 - batch/8000 would average over most of these short runs. The top
+    # one averaged at 0.998: under AVX2 rounding, seed 1's final flatness 0.255 -> 0.203, onsets 2.7 -> 3.6 dB
     lr: float = 1e-3               # Adam peak learning rate of every stage (higher than the paper's 3e-4: short runs)
     warmup: int = 20               # linear warmup steps of every stage
     lr_decay: bool = False         # then decay the learning rate linearly to 0 by the last step (train.py --lr-decay)
@@ -419,9 +426,9 @@ def encode_codes(toy_dir, runs):
 
 
 def training_commands(args, sizes, toy_dir, runs):
-    """(stage, train.py argv) of the VQ-VAE, then of the priors on its codes, with every knob of `sizes`. EMA of
-    the weights is off: the default decay (1 - batch/8000) averages over thousands of steps and would leave these
-    short runs near their init."""
+    """(stage, train.py argv) of the VQ-VAE, then of the priors on its codes, with every knob of `sizes`. The
+    VQ-VAE's weight EMA is off (its codebooks keep their own EMA): the default decay, 1 - batch/8000, averages over
+    thousands of steps and would leave its short run near its init; the priors' decays are `sizes.prior_ema`."""
     def steps(n):  # a stage's step count under --scale
         return max(1, round(n * args.scale))
 
@@ -429,19 +436,21 @@ def training_commands(args, sizes, toy_dir, runs):
         return ["--lr-decay-start", str(min(sizes.warmup, n)), "--lr-decay", str(max(1, n - sizes.warmup))] \
             if sizes.lr_decay else []
     common = ["--data", toy_dir, "--lr", str(sizes.lr), "--warmup", str(sizes.warmup),
-              "--ema-decay", "0", "--device", "cpu", "--seed", str(args.seed)]
+              "--device", "cpu", "--seed", str(args.seed)]
     level_steps = [steps(n) for n in sizes.vqvae_steps]  # bottom, middle, top
     n = max(level_steps)
     commands = [("vqvae", ["--stage", "vqvae", "--preset", "tiny", "--out", os.path.join(runs, "vqvae"),
                            "--steps", str(n), "--level-steps", ",".join(map(str, level_steps)),
                            "--batch-size", str(sizes.vqvae_batch),
-                           "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2", *common,
+                           "--sample-length", str(sizes.vqvae_sample_length), "--bandwidth-batches", "2",
+                           "--ema-decay", "0", *common,
                            "--log-every", str(max(1, n // 10)), *decay(n)])]
-    for stage, n, batch in zip(LEVEL_STAGE.values(), sizes.prior_steps, sizes.prior_batch):
+    for stage, n, batch, ema in zip(LEVEL_STAGE.values(), sizes.prior_steps, sizes.prior_batch, sizes.prior_ema):
         n = steps(n)
         commands.append((stage, [
             "--stage", stage, "--preset", sizes.prior_preset, "--out", os.path.join(runs, stage),
-            "--vqvae", os.path.join(runs, "vqvae"), "--steps", str(n), "--batch-size", str(batch), *common,
+            "--vqvae", os.path.join(runs, "vqvae"), "--steps", str(n), "--batch-size", str(batch),
+            "--ema-decay", str(ema), *common,
             "--log-every", str(max(1, n // 10)), *decay(n)]))
     return commands
 

@@ -361,15 +361,15 @@ def test_presets():
     for level, lyrics in TINY:  # every CPU preset builds (row lengths divide, patterns exist)
         with torch.device("meta"):
             assert Prior(preset("bench", level=level, lyrics=lyrics)).config.n_ctx == 8192
-            assert Prior(preset("toy", level=level, lyrics=lyrics)).config.n_ctx == (256 if level == 2 else 64)
+            assert Prior(preset("toy", level=level, lyrics=lyrics)).config.n_ctx == (256, 64, 128)[2 - level]
     # recipe.py's "toy": tiny, but a top prior whose window holds a beat of the toy songs (0.5 s at 120 bpm, top
-    # codes of 128 samples at 44.1 kHz), all three twice as wide, and a bottom upsampler whose Conditioner is four
-    # times as wide and twice as deep
+    # codes of 128 samples at 44.1 kHz), all three twice as wide, and a bottom upsampler that sees twice as many
+    # codes (blocks of 8, as tiny's) through a Conditioner four times as wide and twice as deep
     top, middle, bottom = preset("toy"), preset("toy", level=1), preset("toy", level=0)
     assert top.n_ctx * 128 / 44100 > 0.5 and top.n_ctx // top.blocks == 16 and top.level == 2
     assert middle == dataclasses.replace(preset("tiny", level=1), width=2 * preset("tiny", level=1).width)
     assert bottom == dataclasses.replace(preset("tiny", level=0), width=2 * preset("tiny", level=0).width,
-                                         cond_width=128, cond_depth=4)
+                                         n_ctx=128, blocks=16, cond_width=128, cond_depth=4)
     assert top.width == 2 * preset("tiny").width
     assert dataclasses.replace(top, n_ctx=64, blocks=8, width=preset("tiny").width) == preset("tiny")
     assert preset("toy", lyrics="merged").lyrics == "merged"
