@@ -564,9 +564,12 @@ def print_report(report, check):
         print("\n  output check FAILED: the final audio (level 0) is " + "; ".join(report["problems"]))
     else:
         misses = report["music_target_misses"]
+        in_draws_only = all(miss.startswith("draw ") for miss in misses)  # the mean of the draws meets it
+        why = "; ".join(misses) + (" (the mean of the draws meets it)" if in_draws_only else
+                                   " (hissy: notes and beats under a noise floor)")
         print("\n  output check passed: the final audio (level 0) is not broken. Music target " +
-              (f"MISSED: {'; '.join(misses)} (hissy: notes and beats under a noise floor)" if misses else "met") +
-              ". Listen to it, and to the levels above, and look at the spectrograms:")
+              (f"MISSED: {why}" if misses else "met") + ". Listen to it, and to the levels above, and look at the "
+              "spectrograms:")
         print(f"    {report['files']['the continuations, per level (level_0 is the final audio)']}")
         print(f"    {report['files']['spectrograms: prime + continuation, song, VQ-VAE decode, upsampler']}")
 
